@@ -1,0 +1,174 @@
+"""Selective-scan benchmark: every backend against the reference on VM-UNet's four stage shapes.
+
+    python benchmarks/scan.py                 # CPU, batch 2, N=16 (the foundation issue's table)
+    python benchmarks/scan.py --quick         # tiny shapes, seconds (smoke test)
+    python benchmarks/scan.py --device cuda --batch 32
+
+Shapes (VM-UNet at 256x256, 4 scan directions as groups): d*l = 768*4096, 1536*1024, 3072*256, 6144*64.
+Each (shape, backend, mode) runs in a fresh subprocess so peak memory is its own: "peak extra MB" is the
+high-water mark of the process RSS (CPU, sampled every 0.5 ms plus ru_maxrss) or of CUDA allocations above what
+the inputs already hold. Times are min / median of --repeats calls after one warm-up. Ratios are taken between
+numbers of the same run. The reference's backward is super-linear in L (autograd through a Python loop), so it
+is only run where it finishes in reasonable time (--ref-bwd, default the two short shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+SHAPES = {"a": (768, 4096), "b": (1536, 1024), "c": (3072, 256), "d": (6144, 64)}
+QUICK = {"a": (96, 512), "b": (192, 128), "c": (384, 32), "d": (768, 8)}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker(cfg: dict) -> dict:
+    import math
+
+    import torch
+
+    from mambaseg.ops import selective_scan
+
+    torch.manual_seed(0)
+    dev = cfg["device"]
+    b, d, l, n, g = cfg["batch"], cfg["d"], cfg["l"], cfg["n"], 4
+    dt0 = torch.exp(torch.rand(d) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    inputs = dict(u=torch.randn(b, d, l), delta=0.3 * torch.randn(b, d, l), A=-torch.arange(1, n + 1.0).repeat(d, 1),
+                  B=torch.randn(b, g, n, l), C=torch.randn(b, g, n, l), D=torch.ones(d),
+                  delta_bias=dt0 + torch.log(-torch.expm1(-dt0)))
+    inputs = {k: v.to(dev) for k, v in inputs.items()}
+    bwd = cfg["mode"] == "fwd+bwd"
+    if bwd:
+        for v in inputs.values():
+            v.requires_grad_(True)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def call():
+        y = selective_scan(**inputs, delta_softplus=True, backend=cfg["backend"])
+        if bwd:
+            y.backward(torch.ones_like(y))
+            for v in inputs.values():
+                v.grad = None
+        sync()
+
+    peak = [0.0]
+    stop = threading.Event()
+    if dev == "cpu":
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], _rss_mb())
+                time.sleep(0.0005)
+        base = _rss_mb()
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+    else:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    times = []
+    reps = cfg["repeats"] + 1
+    for i in range(reps):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+        if cfg.get("budget_s") and sum(times) > cfg["budget_s"]:
+            break
+    if dev == "cpu":
+        stop.set()
+        th.join()
+        peak_mb = max(peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base
+    else:
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20 - base
+    timed = times[1:] if len(times) > 1 else times
+    return {"min_ms": min(timed) * 1e3, "median_ms": statistics.median(timed) * 1e3, "peak_mb": peak_mb,
+            "calls": len(timed)}
+
+
+def run_sub(cfg: dict) -> dict:
+    env = dict(os.environ)
+    env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True,
+                       env=env, timeout=cfg.get("timeout", 1800))
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--shapes", default="abcd")
+    p.add_argument("--backends", default=None, help="comma-separated; default: every available backend")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--ref-bwd", default="cd", help="shapes where the reference's fwd+bwd is run")
+    p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test in seconds")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    import torch
+
+    from mambaseg.ops import available_backends
+
+    backends = args.backends.split(",") if args.backends else available_backends(args.device)
+    if "reference" not in backends:
+        backends.append("reference")
+    fast = [b for b in backends if b != "reference"]
+    shapes = QUICK if args.quick else SHAPES
+    print(f"selective scan, device={args.device}, batch={args.batch}, n={args.n}, groups=4, fp32, "
+          f"threads={torch.get_num_threads()}, torch {torch.__version__}; backends: {', '.join(backends)}")
+    hdr = (f"{'shape':>14} {'backend':>10} | {'fwd min/med ms':>17} {'x ref':>7} | {'fwd+bwd min/med ms':>19} "
+           f"{'x ref':>7} | {'peak extra MB fwd / fwd+bwd':>27}")
+    print(hdr)
+    print("-" * len(hdr))
+    for key in args.shapes:
+        d, l = shapes[key]
+        res = {}
+        for be in ["reference", *fast]:
+            for mode in ("fwd", "fwd+bwd"):
+                if be == "reference" and mode == "fwd+bwd" and key not in args.ref_bwd:
+                    res[be, mode] = None
+                    continue
+                reps = 1 if be == "reference" else args.repeats
+                cfg = dict(device=args.device, batch=args.batch, n=args.n, d=d, l=l, backend=be, mode=mode,
+                           repeats=reps, budget_s=60)
+                res[be, mode] = run_sub(cfg)
+        ref_f, ref_b = res["reference", "fwd"], res["reference", "fwd+bwd"]
+        for be in ["reference", *fast]:
+            f, fb = res[be, "fwd"], res[be, "fwd+bwd"]
+
+            def fmt(r):
+                if r is None:
+                    return "not run (too slow)"
+                if "error" in r:
+                    return "error: " + r["error"][:40]
+                return f"{r['min_ms']:.1f} / {r['median_ms']:.1f}"
+
+            def ratio(r, ref):
+                if not r or not ref or "error" in r or "error" in ref:
+                    return "-"
+                return f"{ref['min_ms'] / r['min_ms']:.0f}x"
+
+            mem = " / ".join("-" if not r or "error" in r else f"{r['peak_mb']:.0f}" for r in (f, fb))
+            print(f"{f'{d}x{l}':>14} {be:>10} | {fmt(f):>17} {ratio(f, ref_f):>7} | {fmt(fb):>19} "
+                  f"{ratio(fb, ref_b):>7} | {mem:>27}")
+    print("x ref = reference min time / backend min time, measured in this run.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

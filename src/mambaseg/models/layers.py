@@ -1,0 +1,69 @@
+"""Small layers shared by several networks (written here so no network needs timm)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+__all__ = ["DropPath", "trunc_normal_", "Mlp", "check_input_size"]
+
+
+def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Stochastic depth per sample: zero the residual branch of a whole sample with probability ``drop_prob``."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x):
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, mean: float = 0.0, a: float = -2.0, b: float = 2.0):
+    """Normal(mean, std) truncated to [a, b] (absolute bounds, as timm's ``trunc_normal_``)."""
+    return nn.init.trunc_normal_(tensor, mean=mean, std=std, a=a, b=b)
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear (timm's ``Mlp`` parameter names: ``fc1``, ``fc2``)."""
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 act_layer=nn.GELU, drop: float = 0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+def check_input_size(x: torch.Tensor, in_channels: int, multiple: int, model: str) -> None:
+    """Raise a clear ValueError when ``x`` is not (B, in_channels, H, W) with H, W divisible by ``multiple``."""
+    if x.dim() != 4:
+        raise ValueError(f"{model}: expected a 4-D input (B, C, H, W), got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        ok_h = max(multiple, round(h / multiple) * multiple)
+        ok_w = max(multiple, round(w / multiple) * multiple)
+        raise ValueError(f"{model}: input size {h}x{w} is not divisible by {multiple}, which its patch embedding "
+                         f"and downsampling need; resize or pad to e.g. {ok_h}x{ok_w} (224 and 256 both work)")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{model}: expected {in_channels} input channel(s), got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)}); build the model with in_channels={x.shape[1]}")

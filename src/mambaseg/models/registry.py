@@ -1,0 +1,90 @@
+"""Model registry: ``register_model``, ``list_models``, ``create_model`` (timm-style).
+
+Every network file registers one small factory per named configuration at its bottom::
+
+    @register_model("vmunet", paper="VM-UNet (Ruan & Xiang, 2024)", default_size=256)
+    def vmunet(in_channels=3, num_classes=1, **kwargs):
+        return VMUNet(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+``create_model(name, in_channels=3, num_classes=1, pretrained=None, **kwargs)`` builds it; ``pretrained`` is a
+path to a classification checkpoint handed to ``mambaseg.models.load_pretrained``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch.nn as nn
+
+__all__ = ["register_model", "list_models", "create_model", "model_info", "ModelInfo", "UnknownModelError"]
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    factory: Callable[..., nn.Module]
+    paper: str = ""
+    default_size: int = 256          # the input size the paper trained at
+    family: str = "mamba"            # "mamba" or "baseline"
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+_REGISTRY: Dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, paper: str = "", default_size: int = 256, family: str = "mamba",
+                   description: str = "", **extra):
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelInfo(name, fn, paper, default_size, family,
+                                    description or (fn.__doc__ or "").strip().split("\n")[0], extra)
+        return fn
+    return deco
+
+
+def _ensure_loaded():
+    # Importing the package registers every network (each file registers itself at import).
+    import mambaseg.models  # noqa: F401
+
+
+def list_models(pattern: Optional[str] = None, family: Optional[str] = None) -> List[str]:
+    """Registered model names, sorted; ``pattern`` is a shell-style wildcard (``"vmunet*"``)."""
+    _ensure_loaded()
+    names = sorted(n for n, i in _REGISTRY.items() if family is None or i.family == family)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def model_info(name: str) -> ModelInfo:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        near = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        raise UnknownModelError(f"unknown model {name!r}{hint} Registered models: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrained: Optional[str] = None,
+                 **kwargs) -> nn.Module:
+    """Build a registered model. Returns a plain ``nn.Module`` mapping (B, in_channels, H, W) to logits
+    (B, num_classes, H, W). ``pretrained``: path to a classification checkpoint for the encoder (see
+    ``load_pretrained``); the load report is kept on ``model.pretrained_report``."""
+    info = model_info(name)
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    model = info.factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    model.model_name = name
+    if pretrained:
+        from .pretrained import load_pretrained
+        model.pretrained_report = load_pretrained(model, pretrained)
+    return model

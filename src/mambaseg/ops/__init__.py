@@ -1,0 +1,12 @@
+"""Operators: the selective scan (one file per backend) and VMamba's 2D cross-scan."""
+
+from .selective_scan import (BackendUnavailableError, ScanCall, record_scans, available_backends, get_default_backend,
+                             resolve_backend, selective_scan, set_default_backend, use_backend)
+from .reference import selective_scan_reference
+from .cross_scan import cross_merge, cross_scan
+from . import scan_torch as _scan_torch  # noqa: F401  (registers the "torch" backend)
+from . import scan_native as _scan_native  # noqa: F401  (registers the "native" backend)
+
+__all__ = ["selective_scan", "selective_scan_reference", "available_backends", "set_default_backend",
+           "get_default_backend", "use_backend", "resolve_backend", "BackendUnavailableError",
+           "cross_scan", "cross_merge", "record_scans", "ScanCall"]

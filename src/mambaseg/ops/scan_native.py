@@ -1,0 +1,223 @@
+"""``native`` backend: a fused C kernel for the CPU, compiled on first use, loaded with ctypes.
+
+Why a C kernel: the scan does one ``exp`` and a few FMAs per (batch, channel, step, state) element. Any
+pure-PyTorch formulation makes several full passes over (b, d, l, n)-sized buffers per step; the fused loop
+keeps the state in registers, reads u/delta/B/C once and writes y once (``scan_notes.md`` §4: about 5x faster
+than the best eager method). ``benchmarks/scan.py`` measures it against the other backends.
+
+How it is built: ``csrc/scan_kernel.c`` (plain C, no PyTorch headers, so it compiles in about a second) with
+``$CC`` (default ``cc``), ``-O3 -ffast-math -march=native``, into ``$MAMBASEG_CACHE/native`` (default
+``~/.cache/mambaseg/native``), keyed by a hash of the source, flags and CPU. Threads: pthreads, as many as
+``torch.get_num_threads()``. No compiler, a failed build or ``MAMBASEG_NATIVE=0`` makes the backend unavailable;
+``backend="auto"`` then uses the pure-PyTorch ``torch`` backend, and ``available_backends()`` shows which.
+
+Forward and backward are both fused. The backward recomputes each row's states (l*n values per thread, no
+(b, d, l, n) tensor is ever allocated) and runs the reverse recurrence; softplus, delta_bias, D and the z gate
+are fused too. float32 and float64 run natively; half precision is computed in float32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from .selective_scan import register_backend
+
+_SRC_DIR = Path(__file__).with_name("csrc")
+_lock = threading.Lock()
+_lib = None
+_error: str | None = None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("MAMBASEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mambaseg")
+    return Path(base) / "native"
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    src = (_SRC_DIR / "scan_kernel.c").read_bytes() + (_SRC_DIR / "scan_impl.inc").read_bytes()
+    attempts = [["-O3", "-ffast-math", "-march=native", "-fopenmp-simd"], ["-O3", "-ffast-math", "-fopenmp-simd"]]
+    errors = []
+    for flags in attempts:
+        key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_signature().encode()).hexdigest()[:16]
+        out_dir = _cache_dir() / key
+        so = out_dir / "scan_kernel.so"
+        if so.exists():
+            try:
+                return _load(so)
+            except OSError as e:  # stale or foreign file: rebuild it
+                errors.append(f"cached {so}: {e}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            obj, tmp_so = os.path.join(tmp, "k.o"), os.path.join(tmp, "k.so")
+            # Compile and link separately: linking with -ffast-math would add start-up code that switches the
+            # whole process to flush-denormals-to-zero.
+            cmds = [[cc, *flags, "-fPIC", "-c", str(_SRC_DIR / "scan_kernel.c"), "-o", obj],
+                    [cc, "-shared", obj, "-o", tmp_so, "-lmvec", "-lm", "-lpthread"]]
+            try:
+                for cmd in cmds:
+                    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                    if r.returncode != 0 and "-lmvec" in cmd:  # no libmvec: link without it (scalar exp)
+                        cmd = [c for c in cmd if c != "-lmvec"]
+                        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                    if r.returncode != 0:
+                        raise RuntimeError(f"`{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip()[:400]}")
+                os.replace(tmp_so, so)  # atomic: concurrent processes may build at once
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                errors.append(str(e))
+                continue
+        try:
+            return _load(so)
+        except OSError as e:
+            errors.append(f"loading {so}: {e}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    if lib.mambaseg_scan_abi_version() != 1:
+        raise OSError("ABI version mismatch")
+    P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for suf in ("f32", "f64"):
+        f = getattr(lib, f"ss_forward_{suf}")
+        f.argtypes = [P] * 8 + [I64] * 5 + [I, P, P, I]
+        f.restype = I
+        f = getattr(lib, f"ss_backward_{suf}")
+        f.argtypes = [P] * 10 + [I64] * 5 + [I] + [P] * 8 + [I]
+        f.restype = I
+    return lib
+
+
+def get_lib():
+    """The loaded kernel library, building it on first call; None if it cannot be built here."""
+    global _lib, _error
+    if _lib is not None or _error is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _error is None:
+            if os.environ.get("MAMBASEG_NATIVE", "1") == "0":
+                _error = "disabled by MAMBASEG_NATIVE=0"
+            elif platform.system() == "Windows":
+                _error = "the native kernel is built with a POSIX C compiler; not supported on Windows yet"
+            else:
+                try:
+                    _lib = _build()
+                except Exception as e:  # noqa: BLE001 - any build failure means: fall back
+                    _error = f"could not build the C kernel ({e})"
+    return _lib
+
+
+def is_available() -> bool:
+    return get_lib() is not None
+
+
+def why_unavailable() -> str:
+    get_lib()
+    return _error or ""
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _nthreads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+class _NativeScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus, g):
+        # u, delta, z: (b, d, l); A: (d, n); B, C: (b, g, l, n); D, bias: (d,): all contiguous, one dtype.
+        lib = get_lib()
+        b, d, l = u.shape
+        n = A.shape[1]
+        out = torch.empty_like(u)
+        last = u.new_empty(b, d, n)
+        fn = lib.ss_forward_f64 if u.dtype == torch.float64 else lib.ss_forward_f32
+        rc = fn(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _ptr(bias),
+                b, d, l, n, g, int(softplus), _ptr(out), _ptr(last), _nthreads())
+        if rc != 0:
+            raise RuntimeError(f"native selective scan failed (code {rc}); n={n} must be <= 256")
+        ctx.save_for_backward(u, delta, A, B, C, D, z, bias)
+        ctx.softplus, ctx.g = softplus, g
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, bias = ctx.saved_tensors
+        lib = get_lib()
+        b, d, l = u.shape
+        n, g = A.shape[1], ctx.g
+        dout = dout.contiguous()
+        dlast = None if dlast is None else dlast.contiguous()
+        nt = min(_nthreads(), b * d, 64)
+        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        dA_rows = u.new_empty(b, d, n)
+        dB_parts = u.new_zeros(nt, b, g, l, n)
+        dC_parts = u.new_zeros(nt, b, g, l, n)
+        dD_rows = u.new_empty(b, d)
+        dbias_rows = u.new_empty(b, d)
+        dz = torch.empty_like(u) if z is not None else None
+        fn = lib.ss_backward_f64 if u.dtype == torch.float64 else lib.ss_backward_f32
+        rc = fn(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _ptr(bias), _ptr(dout),
+                _ptr(dlast), b, d, l, n, g, int(ctx.softplus), _ptr(du), _ptr(ddelta), _ptr(dA_rows),
+                _ptr(dB_parts), _ptr(dC_parts), _ptr(dD_rows), _ptr(dz), _ptr(dbias_rows), nt)
+        if rc != 0:
+            raise RuntimeError(f"native selective scan backward failed (code {rc})")
+        dB = dB_parts.sum(0) if nt > 1 else dB_parts[0]
+        dC = dC_parts.sum(0) if nt > 1 else dC_parts[0]
+        return (du, ddelta, dA_rows.sum(0), dB, dC,
+                dD_rows.sum(0) if D is not None else None, dz,
+                dbias_rows.sum(0) if bias is not None else None, None, None)
+
+
+def selective_scan_native(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False):
+    dtype_in = u.dtype
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+
+    def prep(t):
+        return None if t is None else t.to(ct).contiguous()
+
+    grouped = B.dim() == 4
+    g = B.shape[1] if grouped else 1
+    Bt = (B if grouped else B.unsqueeze(1)).to(ct).transpose(-1, -2).contiguous()   # (b, g, l, n)
+    Ct = (C if C.dim() == 4 else C.unsqueeze(1)).to(ct).transpose(-1, -2).contiguous()
+    if C.dim() == 4 and C.shape[1] != g or C.dim() == 3 and g != 1:
+        # mixed grouped / ungrouped B and C: bring both to the same group count
+        gg = max(B.shape[1] if grouped else 1, C.shape[1] if C.dim() == 4 else 1)
+        Bt = Bt.expand(Bt.shape[0], gg, *Bt.shape[2:]).contiguous()
+        Ct = Ct.expand(Ct.shape[0], gg, *Ct.shape[2:]).contiguous()
+        g = gg
+    out, last = _NativeScan.apply(prep(u), prep(delta), prep(A), Bt, Ct, prep(D), prep(z), prep(delta_bias),
+                                  bool(delta_softplus), g)
+    # back to the caller's layouts: autograd maps dB (b, g, l, n) back through the transpose/unsqueeze
+    out = out.to(dtype_in)
+    return (out, last) if return_last_state else out
+
+
+register_backend("native", selective_scan_native, devices=("cpu",), is_available=is_available,
+                 why_unavailable=why_unavailable, priority=20)
