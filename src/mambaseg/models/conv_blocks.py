@@ -1,0 +1,92 @@
+"""Convolutional building blocks shared by the CNN baselines (``unet``, ``att_unet``, ``unet_pp``).
+
+Every 3x3 convolution here is followed by BatchNorm, so it carries no bias (the BN shift makes a conv bias
+redundant); 1x1 heads, transposed convolutions and the 1x1 convolution after bilinear upsampling do carry a bias.
+The parameter counts in the tests follow from exactly these choices.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["DoubleConv", "Down", "UpSample", "UPSAMPLE_MODES", "channel_widths", "check_base_channels",
+           "init_conv_weights"]
+
+UPSAMPLE_MODES = ("transpose", "bilinear")
+
+
+def check_base_channels(base_channels, model: str) -> int:
+    if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels < 1:
+        raise ValueError(f"{model}: base_channels must be a positive integer (64 in the paper; e.g. 16 for a "
+                         f"small CPU model), got {base_channels!r}")
+    return base_channels
+
+
+def channel_widths(base_channels: int, levels: int = 5):
+    """Widths of the encoder levels: ``base * 2**i`` for ``i < levels`` (64..1024 at the default 64)."""
+    return [base_channels * 2 ** i for i in range(levels)]
+
+
+class DoubleConv(nn.Sequential):
+    """(Conv3x3 -> BN -> ReLU) x 2, padding 1 so the spatial size is kept (the U-Net "double conv").
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels of both convolutions (the middle width equals ``out_channels``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Down(nn.Sequential):
+    """MaxPool 2x2 (stride 2) then :class:`DoubleConv`."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+
+class UpSample(nn.Module):
+    """Doubles the spatial size and maps ``in_channels`` to ``out_channels``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        mode: ``"transpose"``: ConvTranspose2d(k=2, s=2, bias) (the paper's "up-conv 2x2");
+            ``"bilinear"``: bilinear x2 (align_corners=False) then Conv1x1 (bias), so both modes give the same
+            decoder widths.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, mode: str = "transpose"):
+        super().__init__()
+        if mode not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
+        self.mode = mode
+        if mode == "transpose":
+            self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        else:
+            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                                    nn.Conv2d(in_channels, out_channels, kernel_size=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(x)
+
+
+def init_conv_weights(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out, ReLU) for convolutions, zero biases, BN weight 1 / bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
