@@ -6,6 +6,8 @@ from .reference import selective_scan_reference
 from .cross_scan import cross_merge, cross_scan
 from . import scan_torch as _scan_torch  # noqa: F401  (registers the "torch" backend)
 from . import scan_native as _scan_native  # noqa: F401  (registers the "native" backend)
+from . import scan_triton as _scan_triton  # noqa: F401  (registers "triton" when Triton imports)
+from . import scan_mamba_ssm as _scan_mamba_ssm  # noqa: F401  (registers "mamba_ssm" if installed)
 
 __all__ = ["selective_scan", "selective_scan_reference", "available_backends", "set_default_backend",
            "get_default_backend", "use_backend", "resolve_backend", "BackendUnavailableError",
