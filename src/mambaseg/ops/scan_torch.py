@@ -28,13 +28,18 @@ def _block_len(b: int, d: int, n: int) -> int:
     return int(min(256, max(4, (1 << 20) // max(1, b * d * n))))
 
 
-def _block_inputs(u_, dt_, A_, B_, t0, T):
-    """Decays and inputs of steps t0..t0+T, time-major: (T, b, g, h, n)."""
+def _block_inputs(u_, dt_, A_, B_, t0, T, bufs=None):
+    """Decays and inputs of steps t0..t0+T, time-major: (T, b, g, h, n); written into ``bufs`` if given
+    (fresh large allocations are slow: first-touch page faults cost more than the arithmetic)."""
     dtb = dt_[..., t0:t0 + T].permute(3, 0, 1, 2)                       # (T, b, g, h)
-    dA = torch.exp(dtb.unsqueeze(-1) * A_)                                # (T, b, g, h, n)
     dtu = dtb * u_[..., t0:t0 + T].permute(3, 0, 1, 2)                    # (T, b, g, h)
     Bb = B_[..., t0:t0 + T].permute(3, 0, 1, 2).unsqueeze(3)              # (T, b, g, 1, n)
-    dBu = dtu.unsqueeze(-1) * Bb                                          # (T, b, g, h, n)
+    if bufs is None:
+        return dtb, dtu, torch.exp(dtb.unsqueeze(-1) * A_), dtu.unsqueeze(-1) * Bb
+    dA, dBu = bufs[0][:T], bufs[1][:T]
+    torch.mul(dtb.unsqueeze(-1), A_, out=dA)
+    dA.exp_()
+    torch.mul(dtu.unsqueeze(-1), Bb, out=dBu)
     return dtb, dtu, dA, dBu
 
 
@@ -49,12 +54,13 @@ class _BlockedScan(torch.autograd.Function):
         T = _block_len(b, d, n)
         x = u.new_zeros(b, g, h, n)
         xs = u.new_empty(T, b, g, h, n)
+        bufs = (u.new_empty(T, b, g, h, n), u.new_empty(T, b, g, h, n))
         y = u.new_empty(b, g, h, l)
         starts = []
         for t0 in range(0, l, T):
             Tk = min(T, l - t0)
             starts.append(x)
-            _, _, dA, dBu = _block_inputs(u_, dt_, A_, B, t0, Tk)
+            _, _, dA, dBu = _block_inputs(u_, dt_, A_, B, t0, Tk, bufs)
             for i in range(Tk):
                 torch.addcmul(dBu[i], dA[i], x, out=xs[i])
                 x = xs[i]
@@ -79,11 +85,12 @@ class _BlockedScan(torch.autograd.Function):
         dB, dC = torch.empty_like(B), torch.empty_like(C)
         xs = u.new_empty(T, b, g, h, n)
         gs = u.new_empty(T, b, g, h, n)
+        bufs = (u.new_empty(T, b, g, h, n), u.new_empty(T, b, g, h, n))
         block_starts = list(range(0, l, T))
         for k in reversed(range(len(block_starts))):
             t0 = block_starts[k]
             Tk = min(T, l - t0)
-            dtb, dtu, dAb, dBu = _block_inputs(u_, dt_, A_, B, t0, Tk)
+            dtb, dtu, dAb, dBu = _block_inputs(u_, dt_, A_, B, t0, Tk, bufs)
             x = starts[k]
             for i in range(Tk):                                      # recompute the block's states
                 torch.addcmul(dBu[i], dAb[i], x, out=xs[i])
