@@ -15,6 +15,8 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
+    if keep <= 0.0:
+        return x * 0.0
     mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask / keep
 
