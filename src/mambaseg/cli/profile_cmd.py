@@ -1,0 +1,109 @@
+"""``mambaseg profile MODEL``: parameters, FLOPs in named conventions, latency.
+
+Examples::
+
+    mambaseg profile vmunet                        # at the model's paper size, CPU, float32
+    mambaseg profile vmunet_v2 --size 256 --batch 4 --repeats 20
+    mambaseg profile hmt_unet --size 224 --no-latency --json
+    mambaseg profile vmunet --device cuda --dtype bfloat16
+
+See ``mambaseg.profiling`` for what ``paper`` (thop-compatible, what the papers print) and ``full`` (every
+matmul/conv/einsum + the selective scan + attention) count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["add_parser", "run"]
+
+
+def _positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return n
+
+
+def _nonneg(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}")
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}")
+    return n
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``profile`` subcommand to an argparse ``subparsers`` object; returns its parser."""
+    p = subparsers.add_parser(
+        "profile", help="parameters, FLOPs (paper/thop-compatible and full incl. the scan) and latency",
+        description="Count parameters (total, trainable, used by the forward), FLOPs in the 'paper' "
+                    "(thop-compatible: registered Linear/Conv/Norm modules, MACs printed as 'FLOPs') and 'full' "
+                    "(every matmul/conv/einsum + selective scan 9*B*L*D*N + attention) conventions, and measure "
+                    "latency.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="registered model name (see `mambaseg models`)")
+    p.add_argument("--size", type=_positive, default=None,
+                   help="square input size (default: the model's paper size, e.g. 256 or 224)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    p.add_argument("--device", default="cpu", help="device for the latency measurement: cpu or cuda[:i]")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
+                   help="precision for the latency measurement (counts do not depend on it)")
+    p.add_argument("--in-channels", type=_positive, default=3, help="input channels (default 3, as the papers)")
+    p.add_argument("--num-classes", type=_positive, default=1, help="output classes (default 1)")
+    p.add_argument("--conventions", default="paper,full",
+                   help="comma-separated FLOP conventions: paper, full (default both)")
+    p.add_argument("--no-latency", action="store_true", help="skip the timing")
+    p.add_argument("--no-used", action="store_true",
+                   help="skip the forward/backward that finds parameters the forward never uses")
+    p.add_argument("--warmup", type=_nonneg, default=3, help="untimed warm-up forwards (default 3)")
+    p.add_argument("--repeats", type=_positive, default=10, help="timed forwards (default 10)")
+    p.add_argument("--backend", default=None,
+                   help="selective-scan backend for the run (default: auto; see `mambaseg.ops.available_backends`)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """Execute ``mambaseg profile``; returns the exit code (0 ok, 2 bad input)."""
+    import contextlib
+
+    from ..profiling import CONVENTIONS, profile_model
+
+    conventions = tuple(c.strip() for c in str(args.conventions).split(",") if c.strip())
+    bad = [c for c in conventions if c not in CONVENTIONS]
+    if bad:
+        print(f"error: unknown FLOP convention(s) {bad}; choose from {list(CONVENTIONS)}", file=sys.stderr)
+        return 2
+    ctx = contextlib.nullcontext()
+    if getattr(args, "backend", None):
+        from ..ops import use_backend
+        try:
+            ctx = use_backend(args.backend)
+            ctx.__enter__()
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        prof = profile_model(args.model, size=args.size, batch=args.batch, device=args.device, dtype=args.dtype,
+                             in_channels=args.in_channels, num_classes=args.num_classes, conventions=conventions,
+                             used_params=not args.no_used, latency=not args.no_latency, warmup=args.warmup,
+                             repeats=args.repeats)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        ctx.__exit__(None, None, None)
+    if args.json:
+        print(json.dumps(prof.to_dict(), indent=2, default=str))
+    else:
+        print(prof.format())
+    return 0
