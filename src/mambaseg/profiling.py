@@ -501,20 +501,13 @@ def _isolate_scan(counter=None, run_scan: bool = False):
     being counted analytically), or is replaced by a zero-cost stand-in returning zeros of the right shape
     (``run_scan=False``, the default of ``count_flops``: identical counts, no time spent in the scan).
 
-    Implementation choice: ``mambaseg.ops.selective_scan`` looks its backend up in its backend table at call
-    time (after its input checks and after notifying ``record_scans``), so each table entry's function is
-    wrapped for the duration of the pass and restored afterwards. This is exact for every backend (the
-    reference and blocked torch scans use einsum/bmm internally; the C kernel none) and needs one forward only.
-    If the ops internals ever change shape, nothing is wrapped and ``None`` is yielded (the caller then notes
-    that the scan may be partly double-counted)."""
+    Implementation: ``mambaseg.ops.intercept_scans`` wraps the backend function of every scan call made
+    inside the block (after the input checks and after ``record_scans`` has seen the call). This is exact for
+    every backend (the reference and blocked torch scans use einsum/bmm internally; the C kernel none) and
+    needs one forward only."""
+    from .ops import intercept_scans
+
     excluded = [0]
-    try:
-        mod = importlib.import_module("mambaseg.ops.selective_scan")
-        table = getattr(mod, "_BACKENDS")
-        originals = {name: b.fn for name, b in table.items()}
-    except Exception:  # pragma: no cover - only if the ops module is restructured
-        yield None
-        return
 
     def wrap(fn):
         if not run_scan:
@@ -529,14 +522,8 @@ def _isolate_scan(counter=None, run_scan: bool = False):
                     excluded[0] += counter.get_total_flops() - before
         return wrapped
 
-    try:
-        for name, b in table.items():
-            b.fn = wrap(originals[name])
+    with intercept_scans(wrap):
         yield excluded
-    finally:
-        for name, b in table.items():
-            if name in originals:
-                b.fn = originals[name]
 
 
 def count_flops(model: nn.Module, input_shape, conventions: Sequence[str] = CONVENTIONS,

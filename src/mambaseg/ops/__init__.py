@@ -1,6 +1,6 @@
 """Operators: the selective scan (one file per backend) and VMamba's 2D cross-scan."""
 
-from .selective_scan import (BackendUnavailableError, ScanCall, record_scans, available_backends, get_default_backend,
+from .selective_scan import (BackendUnavailableError, ScanCall, intercept_scans, record_scans, available_backends, get_default_backend,
                              resolve_backend, selective_scan, set_default_backend, use_backend)
 from .reference import selective_scan_reference
 from .cross_scan import cross_merge, cross_scan
@@ -11,4 +11,4 @@ from . import scan_mamba_ssm as _scan_mamba_ssm  # noqa: F401  (registers "mamba
 
 __all__ = ["selective_scan", "selective_scan_reference", "available_backends", "set_default_backend",
            "get_default_backend", "use_backend", "resolve_backend", "BackendUnavailableError",
-           "cross_scan", "cross_merge", "record_scans", "ScanCall"]
+           "cross_scan", "cross_merge", "record_scans", "intercept_scans", "ScanCall"]
