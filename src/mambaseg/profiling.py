@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import math
 import statistics
 import time
