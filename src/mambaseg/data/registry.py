@@ -1,0 +1,158 @@
+"""Data set registry: ``build_dataset(name, root, split, transform, **kwargs)`` and ``list_datasets()``.
+
+=====================  ===========================================================================================
+name                   reader (``kwargs`` go to it)
+=====================  ===========================================================================================
+``folder``             :class:`~mambaseg.data.folders.FolderDataset` (images/ + masks/ by stem; split folders or
+                       ratio/JSON split of a flat folder)
+``isic``               :class:`~mambaseg.data.isic.ISICDataset` (VM-UNet ``{train,val}/{images,masks}`` or the
+                       challenge's own naming)
+``polyp``              :func:`~mambaseg.data.polyp.build_polyp` (PraNet ``TrainDataset``/``TestDataset``; split
+                       ``"test/Kvasir"`` or ``subset="Kvasir"`` for one test set, ``"test"`` for all, concatenated)
+``acdc``               :func:`~mambaseg.data.acdc.ACDCDataset` (SSL4MIS h5 slices/volumes + list files)
+``synapse``            :func:`~mambaseg.data.synapse.SynapseDataset` (TransUNet npz slices / h5 volumes + lists)
+``nnunet``             :func:`~mambaseg.data.nnunet.NNUNetDataset` (nnU-Net v2 raw; ``fold=``)
+``nifti``              :class:`~mambaseg.data.nifti.NiftiDataset` (NIfTI volumes sliced to 2D)
+``synthetic-skin``     :class:`~mambaseg.data.synthetic.SyntheticSkin` (``num_samples``, ``size``, ``seed``)
+``synthetic-polyp``    :class:`~mambaseg.data.synthetic.SyntheticPolyp`
+``synthetic-cardiac``  :class:`~mambaseg.data.synthetic.SyntheticCardiac` (``num_samples`` = volumes, ``depth``)
+=====================  ===========================================================================================
+
+Volumetric data sets (acdc, synapse, nifti, nnunet with NIfTI files, synthetic-cardiac) return a 2D data set of
+slices whose ``.volumes()`` gives whole volumes; :func:`build_volume_dataset` is a shortcut.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Dict, Optional
+
+from .base import SegDataset, VolumeDataset
+
+__all__ = ["register_dataset", "build_dataset", "build_volume_dataset", "list_datasets"]
+
+_REGISTRY: Dict[str, dict] = {}
+
+
+def register_dataset(name: str, description: str, needs_root: bool = True):
+    """Decorator registering ``fn(root, split, transform, **kwargs) -> SegDataset`` under ``name``."""
+
+    def deco(fn: Callable):
+        if name in _REGISTRY:
+            raise ValueError(f"data set {name!r} is already registered")
+        _REGISTRY[name] = {"fn": fn, "description": description, "needs_root": needs_root}
+        return fn
+
+    return deco
+
+
+def list_datasets() -> Dict[str, str]:
+    """``{name: one-line description}`` of every registered data set."""
+    return {k: v["description"] for k, v in _REGISTRY.items()}
+
+
+def _entry(name: str) -> dict:
+    if name not in _REGISTRY:
+        near = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        raise ValueError(f"unknown data set {name!r}{hint} Known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def build_dataset(name: str, root: Optional[str] = None, split: str = "train", transform=None,
+                  **kwargs) -> SegDataset:
+    """Build a 2D data set by name (table in the module docstring).
+
+    Args:
+        name: registered name (``list_datasets()``).
+        root: data folder (not needed by the synthetic sets).
+        split: ``"train"``, ``"val"``, ``"test"`` (polyp also ``"test/<set>"``; folder/nifti/nnunet also ``"all"``).
+        transform: joint transform ``(image HWC float32, mask HW int64) -> (image, mask)``.
+        **kwargs: passed to the reader.
+    """
+    e = _entry(name)
+    if e["needs_root"] and root is None:
+        raise ValueError(f"data set {name!r} needs root= (its data folder)")
+    if not e["needs_root"] and root is not None:
+        raise ValueError(f"data set {name!r} is generated and takes no root (got root={root!r})")
+    return e["fn"](root, split, transform, **kwargs)
+
+
+def build_volume_dataset(name: str, root: Optional[str] = None, split: str = "test", **kwargs) -> VolumeDataset:
+    """Whole volumes of a volumetric data set: ``build_dataset(...).volumes()``."""
+    return build_dataset(name, root, split, None, **kwargs).volumes()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+@register_dataset("folder", "image/mask folders (PNG/JPG/BMP/TIFF) paired by file stem; binary, class-index, "
+                            "palette or colour masks")
+def _folder(root, split, transform, **kw):
+    from .folders import FolderDataset
+
+    return FolderDataset(root, split=split, transform=transform, **kw)
+
+
+@register_dataset("isic", "ISIC 2017/2018 skin lesions: VM-UNet {train,val}/{images,masks} or challenge naming")
+def _isic(root, split, transform, **kw):
+    from .isic import ISICDataset
+
+    return ISICDataset(root, split=split, transform=transform, **kw)
+
+
+@register_dataset("polyp", "polyp benchmark (PraNet layout): TrainDataset + five TestDataset sets, split "
+                           "'test/Kvasir' etc.")
+def _polyp(root, split, transform, **kw):
+    from .polyp import build_polyp
+
+    return build_polyp(root, split=split, transform=transform, **kw)
+
+
+@register_dataset("acdc", "ACDC cardiac MRI (SSL4MIS h5 slices + volumes, list files), 4 classes")
+def _acdc(root, split, transform, **kw):
+    from .acdc import ACDCDataset
+
+    return ACDCDataset(root, split=split, transform=transform, **kw)
+
+
+@register_dataset("synapse", "Synapse multi-organ CT (TransUNet train_npz + test_vol_h5 + lists), 9 classes")
+def _synapse(root, split, transform, **kw):
+    from .synapse import SynapseDataset
+
+    return SynapseDataset(root, split=split, transform=transform, **kw)
+
+
+@register_dataset("nnunet", "nnU-Net v2 raw data set (dataset.json, imagesTr/labelsTr, splits_final.json folds)")
+def _nnunet(root, split, transform, **kw):
+    from .nnunet import NNUNetDataset
+
+    return NNUNetDataset(root, split=split, transform=transform, **kw)
+
+
+@register_dataset("nifti", "NIfTI volumes (.nii/.nii.gz) with label volumes, sliced to 2D, volumes with spacing")
+def _nifti(root, split, transform, **kw):
+    from .nifti import NiftiDataset
+
+    return NiftiDataset(root, split=split, transform=transform, **kw)
+
+
+@register_dataset("synthetic-skin", "generated RGB dermoscopy-like lesions, binary (no download)", needs_root=False)
+def _syn_skin(root, split, transform, **kw):
+    from .synthetic import SyntheticSkin
+
+    return SyntheticSkin(split=split, transform=transform, **kw)
+
+
+@register_dataset("synthetic-polyp", "generated RGB endoscopy-like images with polyps, binary (no download)",
+                  needs_root=False)
+def _syn_polyp(root, split, transform, **kw):
+    from .synthetic import SyntheticPolyp
+
+    return SyntheticPolyp(split=split, transform=transform, **kw)
+
+
+@register_dataset("synthetic-cardiac", "generated MRI-like short-axis volumes, 4 classes in ACDC order "
+                                       "(no download)", needs_root=False)
+def _syn_cardiac(root, split, transform, **kw):
+    from .synthetic import SyntheticCardiac
+
+    return SyntheticCardiac(split=split, transform=transform, **kw)
