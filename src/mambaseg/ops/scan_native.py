@@ -7,8 +7,10 @@ than the best eager method). ``benchmarks/scan.py`` measures it against the othe
 
 How it is built: ``csrc/scan_kernel.c`` (plain C, no PyTorch headers, so it compiles in about a second) with
 ``$CC`` (default ``cc``), ``-O3 -ffast-math -march=native``, into ``$MAMBASEG_CACHE/native`` (default
-``~/.cache/mambaseg/native``), keyed by a hash of the source, flags and CPU. Threads: pthreads, as many as
-``torch.get_num_threads()``. No compiler, a failed build or ``MAMBASEG_NATIVE=0`` makes the backend unavailable;
+``~/.cache/mambaseg/native``), keyed by a hash of the source, flags and CPU. Threads: OpenMP, as many as
+``torch.get_num_threads()``; the kernel binds to the OpenMP runtime PyTorch already loaded, so both share one
+thread pool (with separate runtimes, PyTorch's spin-waiting workers and the kernel's threads slow each other
+down several-fold on a 2-core machine). Without OpenMP it falls back to pthreads. No compiler, a failed build or ``MAMBASEG_NATIVE=0`` makes the backend unavailable;
 ``backend="auto"`` then uses the pure-PyTorch ``torch`` backend, and ``available_backends()`` shows which.
 
 Forward and backward are both fused. The backward recomputes each row's states (l*n values per thread, no
@@ -59,7 +61,9 @@ def _build() -> ctypes.CDLL:
     if not cc:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     src = (_SRC_DIR / "scan_kernel.c").read_bytes() + (_SRC_DIR / "scan_impl.inc").read_bytes()
-    attempts = [["-O3", "-ffast-math", "-march=native", "-fopenmp-simd"], ["-O3", "-ffast-math", "-fopenmp-simd"]]
+    # OpenMP first (shares PyTorch's libgomp thread pool), then pthreads; -march=native first, then generic.
+    attempts = [["-O3", "-ffast-math", "-march=native", "-fopenmp"], ["-O3", "-ffast-math", "-fopenmp"],
+                ["-O3", "-ffast-math", "-march=native", "-fopenmp-simd"], ["-O3", "-ffast-math", "-fopenmp-simd"]]
     errors = []
     for flags in attempts:
         key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_signature().encode()).hexdigest()[:16]
@@ -76,7 +80,8 @@ def _build() -> ctypes.CDLL:
             # Compile and link separately: linking with -ffast-math would add start-up code that switches the
             # whole process to flush-denormals-to-zero.
             cmds = [[cc, *flags, "-fPIC", "-c", str(_SRC_DIR / "scan_kernel.c"), "-o", obj],
-                    [cc, "-shared", obj, "-o", tmp_so, "-lmvec", "-lm", "-lpthread"]]
+                    [cc, "-shared", obj, "-o", tmp_so, *(["-fopenmp"] if "-fopenmp" in flags else []),
+                     "-lmvec", "-lm", "-lpthread"]]
             try:
                 for cmd in cmds:
                     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -98,7 +103,7 @@ def _build() -> ctypes.CDLL:
 
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    if lib.mambaseg_scan_abi_version() != 1:
+    if lib.mambaseg_scan_abi_version() != 2:
         raise OSError("ABI version mismatch")
     P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suf in ("f32", "f64"):

@@ -7,10 +7,21 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define MAXN 256
 
-int mambaseg_scan_abi_version(void) { return 1; }
+int mambaseg_scan_abi_version(void) { return 2; }
+
+int mambaseg_scan_uses_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 #define REAL float
 #define SUF(name) name##_f32
