@@ -1,0 +1,1 @@
+"""The ``mambaseg`` command line (``mambaseg.cli.main.main``)."""

@@ -1,0 +1,222 @@
+"""``mambaseg fit|validate|test`` : LightningCLI over ``SegmentationModule`` + ``SegDataModule``.
+
+On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overrides) this adds:
+
+* ``--run_dir``: where a run lives (see ``mambaseg.engine.runs``); ``fit`` refuses a directory that already holds
+  a run unless ``--resume true`` (continues from ``checkpoints/last.ckpt``); ``validate``/``test`` write into a
+  fresh ``<run>/test``, ``<run>/test-2``, ... next to the checkpoint's run.
+* CSV logging, ``last.ckpt`` + ``best.ckpt`` (selected as ``model.select_on`` says), ``run.json``.
+* ``fit`` ends with a test of the best checkpoint on the held-out split (``--test_after_fit``), writing
+  ``per_case.csv``, ``summary.json`` and ``report.md``.
+* A checkpoint of another model / class count is refused before anything runs.
+* Unknown config keys are named with their near matches.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import time
+from typing import Any, List, Optional
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from mambaseg.engine.datamodule import SegDataModule
+from mambaseg.engine.errors import CheckpointMismatchError
+from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
+from mambaseg.engine.runs import (EpochSeedCallback, RunInfoCallback, check_run_dir, is_child_process,
+                                  make_checkpoint_callbacks, next_free_dir, write_test_outputs)
+
+__all__ = ["MambaSegCLI", "MambaSegArgumentParser", "run_cli"]
+
+_KEY_PATTERNS = (
+    re.compile(r"Key ['\"]([\w.\-]+)['\"] is not expected"),
+    re.compile(r"No action for key ['\"]([\w.\-]+)['\"]"),
+    re.compile(r"[Uu]nrecognized arguments:\s*(--[\w.\-]+)"),
+    re.compile(r"['\"]([\w.\-]+)['\"] is not a valid"),
+    re.compile(r"does not accept option ['\"]([\w.\-]+)['\"]"),
+)
+
+
+def _all_keys(parser, _depth: int = 0) -> List[str]:
+    keys = []
+    try:
+        sub = getattr(parser, "_subcommands_action", None)
+        if sub is not None and _depth < 2:
+            for p in getattr(sub, "_name_parser_map", {}).values():
+                keys += _all_keys(p, _depth + 1)
+        for action in parser._actions:
+            for opt in action.option_strings:
+                if opt.startswith("--"):
+                    keys.append(opt[2:])
+            dest = getattr(action, "dest", None)
+            if dest and dest not in ("help",):
+                keys.append(dest)
+    except Exception:  # pragma: no cover - best effort
+        pass
+    return sorted(set(keys))
+
+
+class MambaSegArgumentParser(LightningArgumentParser):
+    """LightningArgumentParser whose errors name the unknown key and its near matches."""
+
+    def error(self, message: str, *args, **kwargs):
+        extra = []
+        for pat in _KEY_PATTERNS:
+            for m in pat.finditer(str(message)):
+                key = m.group(1).lstrip("-")
+                choices = _all_keys(self)
+                prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+                pool = [c for c in choices if c.startswith(prefix)] or choices
+                near = difflib.get_close_matches(key, pool, n=3, cutoff=0.6)
+                if near:
+                    extra.append(f"unknown key {key!r}; did you mean {', '.join(repr(n) for n in near)}?")
+                else:
+                    extra.append(f"unknown key {key!r}; `mambaseg fit --help` lists the valid keys")
+        if extra:
+            message = f"{message}\n" + "\n".join(extra)
+        return super().error(message, *args, **kwargs)
+
+
+class MambaSegCLI(LightningCLI):
+    """The ``fit``/``validate``/``test`` subcommands (``predict`` is ``mambaseg.cli.predict_cmd``)."""
+
+    def __init__(self, args=None, run: bool = True, **kwargs):
+        self._out_dir: Optional[str] = None
+        self._resume_from: Optional[str] = None
+        super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
+                         parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
+                         auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                         parser_kwargs={"default_env": False, "prog": "mambaseg"}, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        # as LightningCLI's, without its warning about sys.argv (our main() always passes args explicitly)
+        from jsonargparse import Namespace
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would silently replace the configured model with the checkpoint's hyper-parameters; we
+        # keep the config and refuse a checkpoint of another network instead (``_check_ckpt``).
+        return
+
+    def subcommands(self):  # predict is our own command (folders / NIfTI -> PNG / NIfTI)
+        s = dict(LightningCLI.subcommands())
+        s.pop("predict", None)
+        return s
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_dir", type=Optional[str], default=None,
+                            help="run directory (fit: default runs/<model>-<time>; test/validate: next to the "
+                                 "checkpoint's run)")
+        parser.add_argument("--resume", type=bool, default=False,
+                            help="fit: continue the run in --run_dir from its checkpoints/last.ckpt")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="fit: evaluate the best checkpoint on the test split and write the report")
+        parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("data.transforms", "model.preprocess")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+
+    # ----------------------------------------------------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        sub = self.subcommand
+        cfg = self.config[sub] if sub else self.config
+        child = is_child_process()
+        if sub is None:  # run=False (Python use): no run-directory policy, nothing is written here
+            self._out_dir = cfg.get("run_dir") or os.path.join("runs", "interactive")
+        elif sub == "fit":
+            run_dir = cfg.get("run_dir") or (os.environ.get("MAMBASEG_RUN_DIR") if child else None) or \
+                os.path.join("runs", f"{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.environ["MAMBASEG_RUN_DIR"] = run_dir  # DDP children (started later) inherit the same directory
+            if not child:
+                resume_ckpt = check_run_dir(run_dir, bool(cfg.get("resume")))
+                if resume_ckpt and not cfg.get("ckpt_path"):
+                    cfg.ckpt_path = resume_ckpt
+                self._resume_from = resume_ckpt
+            elif cfg.get("resume"):
+                self._resume_from = os.path.join(run_dir, "checkpoints", "last.ckpt")
+                cfg.ckpt_path = cfg.get("ckpt_path") or self._resume_from
+            self._out_dir = run_dir
+        else:
+            ckpt = cfg.get("ckpt_path")
+            base = cfg.get("run_dir")
+            if base is None and ckpt and os.path.basename(os.path.dirname(os.path.abspath(ckpt))) == "checkpoints":
+                base = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+            base = base or os.path.join("runs", "eval")
+            self._out_dir = os.path.join(base, sub) if child else next_free_dir(os.path.join(base, sub))
+        cfg.trainer.default_root_dir = self._out_dir
+        ckpt = cfg.get("ckpt_path") if sub else None
+        if ckpt and ckpt not in ("best", "last") and not os.path.isfile(ckpt):
+            raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist; pass the path of a .ckpt file "
+                                    "(e.g. RUN/checkpoints/best.ckpt)")
+
+    def instantiate_trainer(self, **kwargs: Any):
+        sub = self.subcommand
+        trainer_cfg = self._get(self.config_init, "trainer", default={}) or {}
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        if sub == "fit":
+            seed = self._get(self.config, "seed_everything")
+            seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+            callbacks += make_checkpoint_callbacks(self._out_dir, self.model.hparams.select_on)
+            callbacks += [EpochSeedCallback(seed), RunInfoCallback(self._out_dir)]
+        kwargs.setdefault("callbacks", callbacks)
+        if sub in ("validate", "test"):
+            kwargs["enable_checkpointing"] = False  # evaluation writes no checkpoints
+        if trainer_cfg.get("logger") in (None, True):
+            # a resumed run logs into its own sub-folder (CSVLogger would otherwise replace metrics.csv)
+            version = f"resume-{time.strftime('%Y%m%d-%H%M%S')}" if self._resume_from else ""
+            kwargs["logger"] = CSVLogger(self._out_dir, name="", version=version)
+        kwargs["default_root_dir"] = self._out_dir
+        strategy = trainer_cfg.get("strategy")
+        if strategy == "ddp" and self.model.hparams.model in ("vmunet_v2",):
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"  # V2's last encoder stage gets no gradient
+        return super().instantiate_trainer(**kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _check_ckpt(self) -> None:
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if not ckpt or ckpt in ("best", "last"):
+            return
+        try:
+            data = torch.load(ckpt, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointMismatchError(f"cannot read checkpoint {ckpt!r}: {e}") from None
+        check_checkpoint_compatible(data, self.model.hparams, where=f"checkpoint {ckpt!r}")
+
+    def before_fit(self) -> None:
+        self._check_ckpt()
+
+    def before_validate(self) -> None:
+        self._check_ckpt()
+
+    def before_test(self) -> None:
+        self._check_ckpt()
+
+    def after_fit(self) -> None:
+        cfg = self.config_init["fit"]
+        trainer = self.trainer
+        if trainer.interrupted or not cfg.get("test_after_fit") or not self.datamodule.hparams.test_split:
+            return
+        ckpt_cb = trainer.checkpoint_callback
+        ckpt = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=False)
+        if trainer.global_rank == 0:
+            sel = self.model.hparams.select_on
+            notes = [f"model selection: {sel} ({'best' if ckpt else 'last'} checkpoint)",
+                     f"data: {self.datamodule.describe()}"]
+            write_test_outputs(self.model, os.path.join(self._out_dir, "test"), run_dir=self._out_dir, notes=notes)
+
+    def after_test(self) -> None:
+        if self.trainer.global_rank == 0:
+            ckpt = self.config_init["test"].get("ckpt_path")
+            write_test_outputs(self.model, self._out_dir, notes=[f"checkpoint: {ckpt}"])
+
+
+def run_cli(args: List[str]) -> MambaSegCLI:
+    return MambaSegCLI(args=args)

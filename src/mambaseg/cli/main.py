@@ -1,0 +1,252 @@
+"""The ``mambaseg`` command (also ``python -m mambaseg``).
+
+Subcommands::
+
+    mambaseg fit      --config CONFIG [--run_dir DIR] [--resume true] [--trainer.max_epochs N] ...   (LightningCLI)
+    mambaseg validate --config CONFIG --ckpt_path RUN/checkpoints/best.ckpt
+    mambaseg test     --config CONFIG --ckpt_path RUN/checkpoints/best.ckpt
+    mambaseg predict  --ckpt RUN/checkpoints/best.ckpt --input IMAGES_OR_NIFTI... --out DIR
+    mambaseg models   [--family mamba|baseline] [--profile]
+    mambaseg datasets
+    mambaseg demo     [--out DIR] [--fast]
+    mambaseg profile  MODEL ...
+
+``CONFIG`` is a YAML path or the name of a shipped config (``mambaseg configs`` lists them; ``demo``,
+``vmunet_isic17``, ...). Bad input (unknown model or key, missing path, mismatching checkpoint, a run directory that
+already holds a run) ends with ``error: ...`` naming the problem and exit code 2; set ``MAMBASEG_DEBUG=1`` for the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import List, Optional
+
+__all__ = ["main", "resolve_config_path", "list_configs", "config_dir"]
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+OWN_COMMANDS = ("predict", "models", "datasets", "configs", "demo", "profile")
+
+
+def config_dir() -> str:
+    """The folder of the shipped YAML configs (package data, present after a non-editable install too)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def list_configs() -> List[str]:
+    d = config_dir()
+    return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml")) if os.path.isdir(d) else []
+
+
+def resolve_config_path(value: str) -> str:
+    """A config path as given if it exists, else the shipped config of that name (``demo``, ``configs/demo.yaml``)."""
+    if os.path.exists(value):
+        return value
+    name = os.path.basename(value)
+    name = name[:-5] if name.endswith(".yaml") else name[:-4] if name.endswith(".yml") else name
+    candidate = os.path.join(config_dir(), name + ".yaml")
+    if os.path.isfile(candidate):
+        return candidate
+    from mambaseg.engine.errors import near_matches
+    raise FileNotFoundError(f"config {value!r} not found (neither a file nor a shipped config"
+                            f"{near_matches(name, list_configs())}). Shipped configs: {', '.join(list_configs())}")
+
+
+def _rewrite_config_args(argv: List[str]) -> List[str]:
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-c", "--config") and i + 1 < len(argv):
+            out += [a, resolve_config_path(argv[i + 1])]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            out.append("--config=" + resolve_config_path(a.split("=", 1)[1]))
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _count_params(factory) -> int:
+    """Parameter count without paying for weight init where possible (meta device), else on CPU."""
+    import torch
+    try:
+        with torch.device("meta"):
+            m = factory(in_channels=3, num_classes=1)
+    except Exception:
+        m = factory(in_channels=3, num_classes=1)
+    return sum(p.numel() for p in m.parameters())
+
+
+def _cmd_models(args) -> int:
+    from mambaseg.models import list_models, model_info
+    names = list_models(args.pattern, family=args.family)
+    if not names:
+        from mambaseg.engine.errors import MambasegUserError, near_matches
+        raise MambasegUserError(f"no registered model matches {args.pattern!r}"
+                                f"{near_matches(args.pattern or '', list_models())}")
+    if args.profile:
+        try:
+            from mambaseg.profiling import profile_table
+        except ImportError:
+            print("(profiling module not available; showing parameter counts only)", file=sys.stderr)
+        else:
+            print(profile_table(names, size=args.size))
+            return 0
+    rows = [("model", "family", "size", "params", "paper")]
+    for n in names:
+        info = model_info(n)
+        params = "-"
+        if not args.no_params:
+            try:
+                params = f"{_count_params(info.factory) / 1e6:.2f} M"
+            except Exception as e:  # a model that cannot be built: say why, keep listing
+                params = f"? ({type(e).__name__}: {str(e)[:60]})"
+        rows.append((n, info.family, str(info.default_size), params, info.paper))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for j, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    print("\n(params for 3 input channels and 1 output class; `mambaseg models --profile` adds FLOPs)")
+    return 0
+
+
+def _cmd_datasets(args) -> int:
+    from mambaseg import data
+    lister = getattr(data, "list_datasets", None)
+    entries = lister() if lister else []
+    if isinstance(entries, dict):
+        items = list(entries.items())
+    else:
+        items = [(e if isinstance(e, str) else getattr(e, "name", str(e)), "") for e in entries]
+    describe = getattr(data, "describe_dataset", None)
+    print("readers and synthetic data sets (use as data.dataset in a config):")
+    for name, desc in items:
+        if not desc and describe is not None:
+            try:
+                desc = describe(name)
+            except Exception:
+                desc = ""
+        print(f"  {name:<20} {str(desc).splitlines()[0] if desc else ''}")
+    try:
+        from mambaseg.data.transforms import PRESETS
+        print("\ntransform presets (data.transforms):")
+        for k, v in PRESETS.items():
+            print(f"  {k:<20} {v}")
+    except ImportError:
+        pass
+    return 0
+
+
+def _cmd_configs(args) -> int:
+    import yaml
+    print(f"shipped configs ({config_dir()}):")
+    for name in list_configs():
+        with open(os.path.join(config_dir(), name + ".yaml")) as f:
+            first = next((ln[1:].strip() for ln in f if ln.startswith("#")), "")
+        print(f"  {name:<20} {first}")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from mambaseg import __version__
+    p = argparse.ArgumentParser(
+        prog="mambaseg", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="2D medical image segmentation with Mamba U-Nets: train, evaluate, predict, report.",
+        epilog="examples:\n"
+               "  mambaseg demo                                   # synthetic data, VM-UNet vs U-Net, report\n"
+               "  mambaseg fit --config vmunet_isic17 --data.root data/isic2017 --run_dir runs/isic17\n"
+               "  mambaseg test --config vmunet_isic17 --data.root data/isic2017 \\\n"
+               "      --ckpt_path runs/isic17/checkpoints/best.ckpt\n"
+               "  mambaseg predict --ckpt runs/isic17/checkpoints/best.ckpt --input images/ --out preds/\n"
+               "fit / validate / test take LightningCLI options (`mambaseg fit --help`); `mambaseg configs` lists "
+               "the shipped configs.")
+    p.add_argument("--version", action="version", version=f"mambaseg {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, hlp in (("fit", "train a model from a YAML config (LightningCLI)"),
+                      ("validate", "evaluate a checkpoint on the validation split"),
+                      ("test", "evaluate a checkpoint on the test split (all eight metrics)")):
+        sub.add_parser(name, help=hlp, add_help=False)
+    m = sub.add_parser("models", help="list the registered models with their parameter counts")
+    m.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vmunet*'")
+    m.add_argument("--family", choices=["mamba", "baseline"], default=None)
+    m.add_argument("--profile", action="store_true", help="add FLOPs (mambaseg.profiling)")
+    m.add_argument("--size", type=int, default=None, help="input size for --profile")
+    m.add_argument("--no-params", action="store_true", help="skip building the models")
+    sub.add_parser("datasets", help="list the data readers, synthetic sets and transform presets")
+    sub.add_parser("configs", help="list the shipped configs")
+    from . import predict_cmd, demo_cmd
+    predict_cmd.add_parser(sub)
+    demo_cmd.add_parser(sub)
+    try:
+        from . import profile_cmd
+    except ImportError:
+        profile_cmd = None
+    if profile_cmd is not None:
+        profile_cmd.add_parser(sub)
+    return p
+
+
+def _user_errors():
+    from mambaseg.engine.errors import MambasegUserError
+    errs = [MambasegUserError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError]
+    return tuple(errs)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 bad input, 1 failure)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("MAMBASEG_DEBUG", "") not in ("", "0")
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            from .lightning_cli import run_cli
+            try:
+                run_cli([argv[0]] + _rewrite_config_args(argv[1:]))
+            except SystemExit as e:
+                return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+            return 0
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        if args.command == "models":
+            return _cmd_models(args)
+        if args.command == "datasets":
+            return _cmd_datasets(args)
+        if args.command == "configs":
+            return _cmd_configs(args)
+        if args.command == "predict":
+            from . import predict_cmd
+            return predict_cmd.run(args)
+        if args.command == "demo":
+            from . import demo_cmd
+            return demo_cmd.run(args)
+        if args.command == "profile":
+            from . import profile_cmd
+            return int(profile_cmd.run(args) or 0)
+        parser.error(f"unknown command {args.command!r}")
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if debug:
+            traceback.print_exc()
+        msg = str(e) or type(e).__name__
+        print(f"mambaseg: error: {msg}", file=sys.stderr)
+        if not debug:
+            print("(set MAMBASEG_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""``mambaseg predict``: masks for a folder of images or NIfTI volumes (see ``mambaseg.engine.predict``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "predict", help="predict PNG masks (+ overlays) for images, NIfTI masks for NIfTI volumes",
+        description="Predict with a trained checkpoint. PNG masks hold 0/255 (binary) or class indices "
+                    "(multi-class); NIfTI outputs keep the input's affine. Unreadable inputs are skipped and "
+                    "listed; existing outputs are never overwritten.")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by `mambaseg fit` (RUN/checkpoints/best.ckpt)")
+    p.add_argument("--input", "-i", nargs="+", required=True, help="image / NIfTI files or folders")
+    p.add_argument("--out", "-o", required=True, help="output folder (masks/, overlays/, errors.txt)")
+    p.add_argument("--no-overlay", action="store_true", help="do not write colour overlays")
+    p.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the checkpoint's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args) -> int:
+    from mambaseg.engine.predict import load_module, predict_paths
+    out = args.out
+    for sub in ("masks", "overlays"):
+        d = os.path.join(out, sub)
+        if os.path.isdir(d) and any(True for _ in os.scandir(d)):
+            raise FileExistsError(f"{d} already holds predictions; choose another --out (nothing is overwritten)")
+    module = load_module(args.ckpt, device=args.device)
+    res = predict_paths(module, args.input, out, overlays=not args.no_overlay, threshold=args.threshold,
+                        progress=not args.no_progress, device=args.device)
+    print(f"wrote {len(res.written)} prediction(s) to {os.path.join(out, 'masks')}")
+    if res.errors:
+        print(f"skipped {len(res.errors)} input(s) (also listed in {os.path.join(out, 'errors.txt')}):",
+              file=sys.stderr)
+        for path, msg in res.errors:
+            print(f"  {path}: {msg}", file=sys.stderr)
+    return 0 if res.written or not res.errors else 1

@@ -1,0 +1,263 @@
+"""``SegDataModule``: a LightningDataModule over ``mambaseg.data.build_dataset`` (folders, ISIC, polyp, ACDC,
+Synapse, nnU-Net, NIfTI and the synthetic sets).
+
+Splits:
+
+* ``train_split`` trains; ``test_split`` is the held-out test set.
+* Model selection uses ``val_split`` when the data set has one (ACDC), otherwise ``val_fraction`` of the training
+  cases, carved with a seeded permutation (the carved cases use the evaluation transform).
+* ``upstream_select_on_test_split=True`` reproduces VM-UNet / VM-UNetV2, which select the best epoch on the test
+  set (test-set leakage): the validation loader then *is* the test loader. Off by default.
+
+Shuffling uses a sampler whose order depends only on ``(seed, epoch)``, so a run resumed from a checkpoint sees the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, List, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from .errors import MambasegUserError
+
+__all__ = ["SegDataModule", "EpochSeededSampler", "collate_cases"]
+
+
+class EpochSeededSampler(Sampler):
+    """Random permutation drawn from ``(seed, epoch)`` (Lightning calls ``set_epoch`` every epoch).
+
+    ``on_epoch(epoch)`` is called from ``set_epoch``; the data module uses it to reseed the random transforms, so
+    augmentations too depend only on ``(seed, epoch)`` (in the main process; workers reseed from their seed).
+    """
+
+    def __init__(self, n: int, seed: int = 0, on_epoch=None):
+        self.n, self.seed, self.epoch, self.on_epoch = int(n), int(seed), 0, on_epoch
+        if on_epoch is not None:
+            on_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class VolumeEvalDataset(Dataset):
+    """Whole volumes for per-volume evaluation: ``image`` = the slices after the evaluation transform
+    (D, C, h, w), ``mask`` = the original (D, H, W) labels, ``meta`` with ``case_id``, ``spacing``,
+    ``original_size``."""
+
+    is_volumetric = True
+
+    def __init__(self, volumes: Dataset, transform=None):
+        self.volumes, self.transform = volumes, transform
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        from mambaseg.data.base import volume_slices
+        vol = self.volumes[i]
+        return {"image": volume_slices(vol, self.transform), "mask": vol["mask"], "meta": vol["meta"]}
+
+
+def _worker_init(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    t = getattr(getattr(info.dataset, "dataset", info.dataset), "transform", None)
+    if t is not None:
+        from mambaseg.data.transforms import seed_transforms
+        seed_transforms(t, torch.initial_seed() % (2 ** 31))
+
+
+def collate_cases(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Stack images and masks; keep ``meta`` as a dict of lists (case ids, spacings, sizes stay Python values)."""
+    out: Dict[str, Any] = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        if key == "meta":
+            keys = set().union(*[set(v.keys()) for v in vals if isinstance(v, dict)])
+            out["meta"] = {k: [v.get(k) if isinstance(v, dict) else None for v in vals] for k in sorted(keys)}
+        elif all(isinstance(v, torch.Tensor) for v in vals):
+            shapes = {tuple(v.shape) for v in vals}
+            if len(shapes) != 1:
+                raise MambasegUserError(f"cannot batch {key!r} tensors of different shapes {sorted(shapes)[:3]}; "
+                                        "resize in the transform or use batch_size 1 for evaluation")
+            out[key] = torch.stack(vals)
+        else:
+            out[key] = vals
+    return out
+
+
+class SegDataModule(pl.LightningDataModule):
+    """Data for one experiment.
+
+    Args:
+        dataset: reader name (``mambaseg datasets`` lists them), e.g. ``"isic"``, ``"acdc"``, ``"synthetic-skin"``.
+        root: data folder (not needed for the synthetic sets).
+        dataset_kwargs: extra reader arguments (e.g. ``num_samples`` for synthetic sets, ``year`` for ISIC).
+        split_kwargs: per-split reader arguments on top of ``dataset_kwargs``, e.g.
+            ``{"val": {"num_samples": 64}}``.
+        image_size: network input size (square).
+        transforms: ``mambaseg.data.transforms.preset_transforms`` name (``"default"``, ``"vmunet_isic"``,
+            ``"mamba_unet_acdc"``, ``"synapse"``); ``None`` = no transform (images must already share one size).
+        batch_size: training batch size.
+        eval_batch_size: validation / test batch size (volume data sets always use 1).
+        num_workers: data-loader workers.
+        train_split: split name used for training.
+        val_split: split name for model selection; ``None`` carves ``val_fraction`` of the training cases.
+        test_split: held-out test split; ``None`` = no test set.
+        val_fraction: fraction of the training cases used for validation when ``val_split`` is None.
+        upstream_select_on_test_split: select the model on the test split, as VM-UNet / VM-UNetV2 do (leaky).
+        seed: seed of the carved split and of the shuffling.
+        drop_last: drop the last incomplete training batch.
+        num_classes: label classes incl. background; ``None`` = what the data set reports.
+        in_channels: image channels; ``None`` = what the data set reports.
+    """
+
+    def __init__(self, dataset: str = "synthetic-skin", root: Optional[str] = None,
+                 dataset_kwargs: Optional[Dict[str, Any]] = None,
+                 split_kwargs: Optional[Dict[str, Dict[str, Any]]] = None, image_size: int = 256,
+                 transforms: Optional[str] = "default", batch_size: int = 8, eval_batch_size: int = 8,
+                 num_workers: int = 0, train_split: str = "train", val_split: Optional[str] = None,
+                 test_split: Optional[str] = "test", val_fraction: float = 0.1,
+                 upstream_select_on_test_split: bool = False, seed: int = 42, drop_last: bool = False,
+                 num_classes: Optional[int] = None, in_channels: Optional[int] = None):
+        super().__init__()
+        from mambaseg.data import list_datasets
+        names = list(list_datasets()) if callable(list_datasets) else []
+        names = [n if isinstance(n, str) else getattr(n, "name", str(n)) for n in names]
+        if names and dataset not in names:
+            from .errors import near_matches
+            raise MambasegUserError(f"unknown dataset {dataset!r}{near_matches(dataset, names)} "
+                                    f"Available: {', '.join(sorted(names))}")
+        if root is not None and not os.path.exists(os.path.expanduser(str(root))):
+            raise FileNotFoundError(f"data path {root!r} does not exist; set data.root to the folder holding the "
+                                    f"{dataset!r} data (see `mambaseg datasets` for the expected layout)")
+        if not 0.0 <= val_fraction < 1.0:
+            raise MambasegUserError(f"val_fraction must be in [0, 1); got {val_fraction}")
+        # num_classes / in_channels are the module's hyper-parameters (linked); keep them out of ours
+        self.save_hyperparameters(ignore=["num_classes", "in_channels"])
+        self.dataset_name = dataset
+        self.root = None if root is None else os.path.expanduser(str(root))
+        self.dataset_kwargs = dict(dataset_kwargs or {})
+        self._datasets: Dict[str, Dataset] = {}
+        self._num_classes = num_classes
+        self._in_channels = in_channels
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _transform(self, train: bool):
+        if self.hparams.transforms is None:
+            return None
+        from mambaseg.data.transforms import preset_transforms
+        return preset_transforms(self.hparams.transforms, self.hparams.image_size, train,
+                                 seed=self.hparams.seed if train else None)
+
+    def build(self, split: str, train: bool) -> Dataset:
+        from mambaseg.data import build_dataset
+        kw = {**self.dataset_kwargs, **dict((self.hparams.split_kwargs or {}).get(split) or {})}
+        return build_dataset(self.dataset_name, root=self.root, split=split, transform=self._transform(train), **kw)
+
+    def _reseed_train_transform(self, epoch: int) -> None:
+        ds = self._datasets.get("train")
+        t = getattr(getattr(ds, "dataset", ds), "transform", None)
+        if t is not None:
+            from mambaseg.data.transforms import seed_transforms
+            seed_transforms(t, self.hparams.seed * 1_000_003 + 7919 * int(epoch) + 1)
+
+    def _probe(self) -> Dataset:
+        if "probe" not in self._datasets:
+            self._datasets["probe"] = self.build(self.hparams.train_split, train=False)
+        return self._datasets["probe"]
+
+    @property
+    def num_classes(self) -> int:
+        """Label classes incl. background (binary = 2)."""
+        if self._num_classes is None:
+            self._num_classes = int(getattr(self._probe(), "num_classes"))
+        return self._num_classes
+
+    @property
+    def in_channels(self) -> int:
+        if self._in_channels is None:
+            self._in_channels = int(getattr(self._probe(), "in_channels"))
+        return self._in_channels
+
+    def _carve(self):
+        full_train = self.build(self.hparams.train_split, train=True)
+        n = len(full_train)
+        n_val = int(round(n * self.hparams.val_fraction))
+        if self.hparams.val_fraction > 0 and n_val == 0 and n > 1:
+            n_val = 1
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
+        val_idx, train_idx = sorted(perm[:n_val]), sorted(perm[n_val:])
+        train = Subset(full_train, train_idx) if n_val else full_train
+        val = Subset(self.build(self.hparams.train_split, train=False), val_idx) if n_val else None
+        return train, val
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        hp = self.hparams
+        if stage in (None, "fit", "validate") and "train" not in self._datasets:
+            if hp.val_split is None:
+                train, val = self._carve()
+            else:
+                train, val = self.build(hp.train_split, train=True), self.build(hp.val_split, train=False)
+            if hp.upstream_select_on_test_split:
+                if not hp.test_split:
+                    raise MambasegUserError("upstream_select_on_test_split needs data.test_split")
+                val = self.build(hp.test_split, train=False)
+            self._datasets["train"], self._datasets["val"] = train, val
+            if len(train) == 0:
+                raise MambasegUserError(f"the {hp.train_split!r} split of {self.dataset_name!r} is empty "
+                                        f"(root={self.root!r})")
+        if stage in (None, "test") and "test" not in self._datasets and hp.test_split:
+            self._datasets["test"] = self.build(hp.test_split, train=False)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _eval_loader(self, ds: Dataset) -> DataLoader:
+        if _is_volume_dataset(ds):
+            ds = VolumeEvalDataset(ds.volumes() if hasattr(ds, "volumes") else ds, ds.transform)
+            bs = 1
+        else:
+            bs = self.hparams.eval_batch_size
+        return DataLoader(ds, batch_size=bs, shuffle=False, num_workers=self.hparams.num_workers,
+                          collate_fn=collate_cases, persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self._datasets["train"]
+        sampler = EpochSeededSampler(len(ds), self.hparams.seed, on_epoch=self._reseed_train_transform)
+        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=sampler,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_cases,
+                          drop_last=self.hparams.drop_last and len(ds) > self.hparams.batch_size,
+                          worker_init_fn=_worker_init if self.hparams.num_workers > 0 else None,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def val_dataloader(self):
+        ds = self._datasets.get("val")
+        return [] if ds is None else self._eval_loader(ds)
+
+    def test_dataloader(self):
+        if "test" not in self._datasets:
+            raise MambasegUserError(f"no test split configured for {self.dataset_name!r}; set data.test_split")
+        return self._eval_loader(self._datasets["test"])
+
+    def describe(self) -> Dict[str, Any]:
+        d = {"dataset": self.dataset_name, "root": self.root, "image_size": self.hparams.image_size}
+        for k, ds in self._datasets.items():
+            if k != "probe":
+                d[f"n_{k}"] = len(ds)
+        return d
+
+
+def _is_volume_dataset(ds) -> bool:
+    """True for volumetric data sets (evaluated per whole volume); a carved Subset of one stays slice-wise."""
+    return not isinstance(ds, Subset) and bool(getattr(ds, "is_volumetric", False))

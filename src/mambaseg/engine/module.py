@@ -1,0 +1,422 @@
+"""``SegmentationModule``: a LightningModule wrapping any registry model with a loss, the papers' optimiser
+recipes and the evaluation metrics.
+
+Recipes (``upstream_models.md`` §1.3, §2.3, §3.3, §4.4):
+
+* VM-UNet, VM-UNetV2, HMT-UNet: ``optimizer="adamw"`` lr 1e-3, betas (0.9, 0.999), weight decay 1e-2 on all
+  parameters; ``scheduler="cosine"`` (``CosineAnnealingLR(T_max=50, eta_min=1e-5)`` stepped per epoch; T_max 100 for
+  Synapse).
+* Mamba-UNet: ``optimizer="sgd"`` lr 0.01, momentum 0.9, weight decay 1e-4; ``scheduler="poly"``
+  ``lr = base * (1 - it / max_it) ** 0.9`` stepped per iteration (10,000 iterations).
+* Binary tasks: one output channel, sigmoid, ``threshold`` 0.5 (``>=``); multi-class: softmax / argmax.
+
+Validation (every epoch) computes the loss and a pooled foreground Dice (``val/dice``, mean over foreground
+classes), which drive model selection (``select_on``). Test computes all eight metrics with
+``mambaseg.metrics.SegmentationMetrics`` (per case and aggregated as configured) and keeps a few qualitative
+examples; ``self.test_results`` holds them for the run writer.
+
+Volume batches (``image`` of shape (1, D, C, h, w): the slices of one volume after the evaluation transform,
+``mask`` (1, D, H, W) at the original size) are evaluated per volume: slice-wise inference, logits resized back
+to the original slice size, 3D metrics with the volume's spacing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CheckpointMismatchError, MambasegUserError, near_matches
+from .inference import logits_to_labels, predict_logits_2d, predict_volume
+
+__all__ = ["SegmentationModule", "SELECT_ON", "OPTIMIZERS", "SCHEDULERS"]
+
+#: ``select_on`` -> (monitored key, mode). The ``upstream_*`` choice reproduces a known upstream protocol flaw.
+SELECT_ON = {
+    "val_dice": ("val/dice", "max"),
+    "val_loss": ("val/loss", "min"),
+    "upstream_train_loss": ("train/loss_epoch", "min"),  # VM-UNet Synapse: best = lowest training loss
+}
+OPTIMIZERS = ("adamw", "sgd", "adam")
+SCHEDULERS = ("cosine", "poly", "none")
+
+
+def _check_choice(name: str, value: str, choices) -> str:
+    if value not in choices:
+        raise MambasegUserError(f"unknown {name} {value!r}{near_matches(value, choices)} Choices: {', '.join(choices)}")
+    return value
+
+
+class SegmentationModule(pl.LightningModule):
+    """Train / evaluate a registry segmentation model.
+
+    Args:
+        model: registry name (``mambaseg models`` lists them).
+        model_kwargs: extra keyword arguments for ``create_model`` (e.g. ``depths``, ``base_channels``).
+        num_classes: label classes including background (binary = 2, as the data sets report it). Binary tasks get
+            one output channel (sigmoid), others ``num_classes`` channels (softmax).
+        in_channels: image channels.
+        image_size: network input size (square); volume slices and ``predict`` inputs are resized to it.
+        preprocess: name of the data transform preset (recorded for ``predict``).
+        loss: ``mambaseg.losses.build_loss`` name; default ``"bce_dice"`` (binary) or ``"ce_dice"``.
+        loss_kwargs: extra arguments for the loss.
+        optimizer: ``"adamw"``, ``"sgd"`` or ``"adam"``.
+        lr: base learning rate.
+        weight_decay: weight decay (applied to all parameters, as upstream).
+        momentum: SGD momentum.
+        betas: Adam(W) betas.
+        scheduler: ``"cosine"`` (per epoch), ``"poly"`` (per iteration) or ``"none"``.
+        t_max: cosine period in epochs.
+        eta_min: cosine minimum learning rate.
+        poly_power: poly exponent.
+        max_iters: poly horizon; default = the trainer's total optimiser steps.
+        threshold: binary threshold on the sigmoid probability.
+        select_on: model selection: ``"val_dice"`` (default), ``"val_loss"``, or ``"upstream_train_loss"`` (the
+            VM-UNet Synapse protocol, which selects on the training loss).
+        aggregation: test metric aggregation (``"pooled"``, ``"per_image"``, ``"per_volume"``).
+        hd95_mode: ``"medpy"`` or ``"monai"``.
+        include_background: count the background class in the metrics.
+        empty_policy: how metrics treat empty masks (see ``mambaseg.metrics``); ``None`` = its default.
+        compute_distances: compute HD95 / ASD at test time.
+        eval_original_size: 2D test: resize predictions back to each image's original size (needs the data to
+            return it); default scores at the network resolution, as the ISIC papers do.
+        slice_batch_size: slices per forward pass in volume inference.
+        pretrained: classification checkpoint for the encoder (``create_model(pretrained=...)``).
+        scan_backend: selective-scan backend (``mambaseg.ops``); ``None`` = the library default.
+        num_qualitative: test cases kept for the qualitative figure.
+    """
+
+    def __init__(self, model: str = "unet", model_kwargs: Optional[Dict[str, Any]] = None, num_classes: int = 2,
+                 in_channels: int = 3, image_size: int = 256, preprocess: Optional[str] = None,
+                 loss: Optional[str] = None, loss_kwargs: Optional[Dict[str, Any]] = None,
+                 optimizer: str = "adamw", lr: float = 1e-3, weight_decay: float = 1e-2, momentum: float = 0.9,
+                 betas: List[float] = (0.9, 0.999), scheduler: str = "cosine", t_max: int = 50,
+                 eta_min: float = 1e-5, poly_power: float = 0.9, max_iters: Optional[int] = None,
+                 threshold: float = 0.5, select_on: str = "val_dice", aggregation: str = "pooled",
+                 hd95_mode: str = "medpy", include_background: bool = False, empty_policy: Optional[str] = None,
+                 compute_distances: bool = True, eval_original_size: bool = False, slice_batch_size: int = 16,
+                 pretrained: Optional[str] = None, scan_backend: Optional[str] = None, num_qualitative: int = 8):
+        super().__init__()
+        _check_choice("optimizer", optimizer, OPTIMIZERS)
+        _check_choice("scheduler", scheduler, SCHEDULERS)
+        _check_choice("select_on", select_on, tuple(SELECT_ON))
+        if num_classes < 2:
+            raise MambasegUserError(f"num_classes counts the background too (binary = 2); got {num_classes}")
+        if not 0.0 < threshold < 1.0:
+            raise MambasegUserError(f"threshold must be in (0, 1); got {threshold}")
+        self.save_hyperparameters()
+        if scan_backend:
+            from mambaseg.ops import set_default_backend
+            set_default_backend(scan_backend)
+        from mambaseg.models import create_model
+        self.out_channels = 1 if num_classes == 2 else num_classes
+        self.net = create_model(model, in_channels=in_channels, num_classes=self.out_channels,
+                                pretrained=pretrained, **dict(model_kwargs or {}))
+        self.loss_name = loss or ("bce_dice" if num_classes == 2 else "ce_dice")
+        self.loss_fn = self._build_loss(self.loss_name, dict(loss_kwargs or {}))
+        self.test_results: Optional[Dict[str, Any]] = None
+        self._val_counts: Optional[torch.Tensor] = None
+        self._metrics = None
+        self._pending: List[tuple] = []
+        self._qualitative: List[Dict[str, Any]] = []
+
+    # ----------------------------------------------------------------------------------------------------------
+    # building blocks
+    def _build_loss(self, name: str, kwargs: Dict[str, Any]):
+        from mambaseg.losses import build_loss
+        return build_loss(name, self.out_channels if self.out_channels > 1 else 1, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def input_size(self):
+        s = self.hparams.image_size
+        return (s, s) if isinstance(s, int) else tuple(s)
+
+    def _loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(logits, mask)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # training
+    def training_step(self, batch, batch_idx):
+        image, mask = batch["image"], batch["mask"]
+        logits = self.net(image)
+        loss = self._loss(logits, mask)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {self.global_step}; lower the "
+                                     "learning rate or use 32-bit precision")
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=image.shape[0],
+                 sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = self.net.parameters()
+        if hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), eps=1e-8, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return opt
+        if hp.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.t_max, eta_min=hp.eta_min)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        max_iters = hp.max_iters or int(self.trainer.estimated_stepping_batches)
+        power = hp.poly_power
+        if not max_iters or max_iters <= 0 or math.isinf(max_iters):
+            raise MambasegUserError("the poly schedule needs a finite horizon: set model.max_iters or trainer.max_steps")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1.0 - it / max_iters) ** power)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # shared evaluation
+    @staticmethod
+    def _is_volume(batch) -> bool:
+        return batch["image"].dim() == 5
+
+    def _infer(self, batch):
+        """-> list of (pred_labels, target_labels, case_id, spacing, image_for_display, loss or None)."""
+        image, mask, meta = batch["image"], batch["mask"], batch.get("meta", {}) or {}
+        ids = _meta_list(meta, "case_id", image.shape[0])
+        spacings = _meta_list(meta, "spacing", image.shape[0])
+        out = []
+        if self._is_volume(batch):
+            sizes = _meta_list(meta, "original_size", image.shape[0])
+            for i in range(image.shape[0]):
+                slices = image[i]  # (D, C, h, w), preprocessed by the evaluation transform
+                out_size = tuple(int(v) for v in (sizes[i] or mask.shape[-2:]))
+                pred = predict_volume(self.net, slices, out_size, self.hparams.threshold,
+                                      chunk=self.hparams.slice_batch_size)
+                out.append((pred, mask[i].long().cpu(), ids[i], _spacing(spacings[i]), slices, None))
+            return out
+        logits = self.net(image)
+        loss = self._loss(logits, mask)
+        target = mask
+        if self.hparams.eval_original_size and "original_size" in meta:
+            sizes = _meta_list(meta, "original_size", image.shape[0])
+            for i in range(image.shape[0]):
+                lg = F.interpolate(logits[i:i + 1].float(), size=tuple(int(s) for s in sizes[i]), mode="bilinear",
+                                   align_corners=False)
+                tgt = batch.get("mask_original", [None] * image.shape[0])[i]
+                tgt = mask[i] if tgt is None else tgt
+                if tuple(tgt.shape[-2:]) != tuple(lg.shape[-2:]):
+                    tgt = F.interpolate(mask[i][None, None].float(), size=lg.shape[-2:], mode="nearest")[0, 0].long()
+                out.append((logits_to_labels(lg, self.hparams.threshold)[0].cpu(), tgt.long().cpu(), ids[i],
+                            _spacing(spacings[i]), image[i], loss))
+            return out
+        labels = logits_to_labels(logits, self.hparams.threshold)
+        for i in range(image.shape[0]):
+            out.append((labels[i].cpu(), target[i].long().cpu(), ids[i], _spacing(spacings[i]), image[i], loss))
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    # validation: loss + pooled foreground Dice (cheap, DDP-reduced)
+    def on_validation_epoch_start(self):
+        k = max(self.hparams.num_classes, 2)
+        self._val_counts = torch.zeros(3, k, dtype=torch.float64)
+
+    def validation_step(self, batch, batch_idx):
+        cases = self._infer(batch)
+        k = self._val_counts.shape[1]
+        for pred, tgt, *_ in cases:
+            for c in range(1, k):
+                p, t = pred == c, tgt == c
+                self._val_counts[0, c] += float((p & t).sum())
+                self._val_counts[1, c] += float((p & ~t).sum())
+                self._val_counts[2, c] += float((~p & t).sum())
+        loss = cases[0][5] if cases else None
+        if loss is not None:
+            self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0],
+                     sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        counts = self._val_counts.to(self.device, torch.float32 if self.device.type == "mps" else torch.float64)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum") if self.trainer.world_size > 1 else counts
+        tp, fp, fn = counts[0, 1:], counts[1, 1:], counts[2, 1:]
+        denom = 2 * tp + fp + fn
+        dice = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(denom))
+        self.log("val/dice", dice.mean().float(), prog_bar=True, sync_dist=False)
+        if "val/loss" not in self.trainer.callback_metrics:
+            # volume validation has no loss; keep the key so that select_on="val_loss" still has a value
+            self.log("val/loss", (1 - dice.mean()).float(), sync_dist=False)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # test: all eight metrics, per case + aggregated
+    def _new_metrics(self, volumetric: bool = False):
+        """Metrics for this test run; volumes are always scored per volume (3D), 2D data never per volume."""
+        from mambaseg.metrics import SegmentationMetrics
+        hp = self.hparams
+        aggregation = hp.aggregation
+        if volumetric and aggregation != "per_volume":
+            aggregation = "per_volume"
+        elif not volumetric and aggregation == "per_volume":
+            aggregation = "per_image"
+        if aggregation != hp.aggregation:
+            from lightning.pytorch.utilities import rank_zero_warn
+            rank_zero_warn(f"model.aggregation={hp.aggregation!r} does not fit {'3D volumes' if volumetric else '2D images'};"
+                           f" scoring with aggregation={aggregation!r} (named in summary.json)")
+        kw = dict(aggregation=aggregation, include_background=hp.include_background, hd95_mode=hp.hd95_mode,
+                  distances=hp.compute_distances,
+                  distributed_available_fn=lambda: False, sync_on_compute=False)
+        if hp.empty_policy is not None:
+            kw["empty_policy"] = hp.empty_policy
+        return SegmentationMetrics(hp.num_classes, **kw)
+
+    def on_test_epoch_start(self):
+        self._metrics = None  # created at the first case, once we know whether the data are volumes
+        self._pending = []
+        self._qualitative = []
+        self.test_results = None
+
+    def test_step(self, batch, batch_idx):
+        for pred, tgt, cid, spacing, img, loss in self._infer(batch):
+            rec = (pred.to(torch.uint8 if pred.max() < 256 else torch.int16), tgt.to(torch.uint8), cid, spacing)
+            if self.trainer.world_size > 1:
+                self._pending.append(rec)
+            else:
+                self._update_metrics(pred, tgt, cid, spacing)
+            if len(self._qualitative) < self.hparams.num_qualitative:
+                self._qualitative.append(_qualitative_sample(img, tgt, pred, cid))
+
+    def _update_metrics(self, pred, tgt, cid, spacing):
+        if pred.dim() == 2 and spacing is not None and len(spacing) == 3:
+            spacing = spacing[1:]  # a slice of a volume: (z, y, x) -> (y, x)
+        if pred.dim() == 3 and spacing is not None and len(spacing) != 3:
+            spacing = None
+        if self._metrics is None:
+            self._metrics = self._new_metrics(volumetric=pred.dim() == 3)
+        self._metrics.update(pred.long(), tgt.long(), case_ids=None if cid is None else [str(cid)],
+                             spacing=spacing)
+
+    def on_test_epoch_end(self):
+        if self.trainer.world_size > 1:
+            import torch.distributed as dist
+            gathered = [None] * self.trainer.world_size
+            dist.all_gather_object(gathered, (self._pending, self._qualitative))
+            if self.trainer.global_rank != 0:
+                return
+            seen, qual = set(), []
+            for pending, q in gathered:
+                for pred, tgt, cid, spacing in pending:
+                    if cid in seen:  # the distributed sampler pads with repeated cases
+                        continue
+                    seen.add(cid)
+                    self._update_metrics(pred, tgt, cid, spacing)
+                qual.extend(q)
+            self._qualitative = qual[:self.hparams.num_qualitative]
+        if self._metrics is None:
+            self._metrics = self._new_metrics()
+        summary = self._metrics.compute()
+        rows = self._metrics.per_case()
+        self.test_results = {"summary": summary, "rows": rows, "qualitative": self._qualitative,
+                             "settings": {**self._metrics.settings(), **self.metric_settings()}}
+        for key in ("dice", "iou", "hd95"):
+            v = summary.get(key) if isinstance(summary, dict) else None
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                self.log(f"test/{key}", float(v), rank_zero_only=True)
+
+    def metric_settings(self) -> Dict[str, Any]:
+        hp = self.hparams
+        from mambaseg.ops import get_default_backend, resolve_backend
+        return {"hd95_mode": hp.hd95_mode, "include_background": hp.include_background,
+                "threshold": hp.threshold, "num_classes": hp.num_classes,
+                "image_size": hp.image_size, "eval_original_size": hp.eval_original_size, "model": hp.model,
+                "scan_backend": _backend_name(get_default_backend, resolve_backend, self.device)}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # predict (Trainer.predict on a loader of images): labels at the input resolution
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        image = batch["image"] if isinstance(batch, dict) else batch
+        if image.dim() == 5:
+            return [predict_volume(self.net, v, v.shape[-2:], self.hparams.threshold, input_size=self.input_size)
+                    for v in image]
+        logits = predict_logits_2d(self.net, image, input_size=self.input_size, output_size=image.shape[-2:])
+        return logits_to_labels(logits, self.hparams.threshold)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # checkpoints: refuse another model / class count with a clear message before any weight is touched
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        check_checkpoint_compatible(checkpoint, self.hparams, where="the checkpoint")
+
+
+def check_checkpoint_compatible(checkpoint: Dict[str, Any], hparams, where: str = "the checkpoint") -> None:
+    """Raise ``CheckpointMismatchError`` if ``checkpoint`` was trained for another model / class / channel count."""
+    ck = checkpoint.get("hyper_parameters") or {}
+    if not ck:
+        raise CheckpointMismatchError(f"{where} has no 'hyper_parameters'; it was not written by mambaseg "
+                                      "(use `create_model(..., pretrained=PATH)` for plain weight files)")
+    problems = []
+    for key in ("model", "num_classes", "in_channels"):
+        a, b = ck.get(key), hparams.get(key)
+        if a is not None and b is not None and a != b:
+            problems.append(f"{key}: checkpoint {a!r} vs config {b!r}")
+    a, b = dict(ck.get("model_kwargs") or {}), dict(hparams.get("model_kwargs") or {})
+    if a != b and ck.get("model") == hparams.get("model"):
+        problems.append(f"model_kwargs: checkpoint {a!r} vs config {b!r}")
+    if problems:
+        raise CheckpointMismatchError(f"{where} was trained for a different network ({'; '.join(problems)}). Use a "
+                                      "checkpoint of this model, or set the config to match the checkpoint.")
+
+
+def _backend_name(get_default, resolve, device) -> str:
+    name = get_default()
+    try:
+        return f"{name} -> {resolve(name, device)}" if name == "auto" else name
+    except Exception:  # pragma: no cover - informative only
+        return name
+
+
+def _meta_list(meta, key: str, n: int) -> list:
+    v = meta.get(key) if isinstance(meta, dict) else None
+    if v is None:
+        return [None] * n
+    if isinstance(v, torch.Tensor):
+        if v.dim() == 0:
+            return [v.item()] * n
+        if v.dim() >= 2 and v.shape[0] == n:
+            return [t.tolist() for t in v]
+        if v.dim() == 1 and v.shape[0] == n:
+            return v.tolist()
+        return [v.tolist()] * n
+    if isinstance(v, (list, tuple)):
+        if len(v) == n and not all(isinstance(x, torch.Tensor) and x.dim() == 1 and x.shape[0] == n for x in v):
+            return list(v)
+        if v and all(isinstance(x, torch.Tensor) for x in v):  # default_collate of a tuple: one tensor per component
+            return [tuple(float(x[i]) if x.is_floating_point() else int(x[i]) for x in v) for i in range(n)]
+        return [v] * n
+    return [v] * n
+
+
+def _spacing(s):
+    if s is None:
+        return None
+    if isinstance(s, torch.Tensor):
+        s = s.tolist()
+    return tuple(float(x) for x in s)
+
+
+def _qualitative_sample(img: torch.Tensor, tgt: torch.Tensor, pred: torch.Tensor, cid) -> Dict[str, Any]:
+    """A display-ready (H, W[, 3]) slice: the middle 2D image, or the volume slice with the most foreground."""
+    img = img.detach().float().cpu()
+    if img.dim() == 4:  # (D, C, h, w) volume slices
+        fg = (tgt > 0).flatten(1).sum(1) if tgt.dim() == 3 else None
+        k = int(fg.argmax()) if fg is not None and fg.max() > 0 else img.shape[0] // 2
+        img, tgt, pred = img[k], tgt[k], pred[k]
+    if tuple(img.shape[-2:]) != tuple(tgt.shape[-2:]):
+        img = F.interpolate(img[None], size=tuple(int(v) for v in tgt.shape[-2:]), mode="bilinear",
+                            align_corners=False)[0]
+    if img.dim() == 3:
+        img = img[:3] if img.shape[0] >= 3 else img[:1]
+    arr = img.numpy()
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    arr = arr.transpose(1, 2, 0) if arr.shape[0] == 3 else arr[0]
+    return {"case_id": cid, "image": arr.astype(np.float32), "target": tgt.cpu().numpy().astype(np.uint8),
+            "pred": pred.cpu().numpy().astype(np.uint8)}
