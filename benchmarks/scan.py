@@ -10,6 +10,11 @@ high-water mark of the process RSS (CPU, sampled every 0.5 ms plus ru_maxrss) or
 the inputs already hold. Times are min / median of --repeats calls after one warm-up. Ratios are taken between
 numbers of the same run. The reference's backward is super-linear in L (autograd through a Python loop), so it
 is only run where it finishes in reasonable time (--ref-bwd, default the two short shapes).
+
+On CUDA the table also gives the achieved memory bandwidth of the fastest backend, as GB/s and as a fraction
+of the GPU's peak (--peak-gbs, default 3350 GB/s, an H100 SXM's HBM3). Bytes counted, fp32: forward reads u,
+delta, B, C and writes y; backward reads u, delta, B, C, dy and writes du, ddelta, dB, dC (the scan is memory
+bound on a GPU, so this is the number that says how close a kernel is to the hardware).
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ref-bwd", default="cd", help="shapes where the reference's fwd+bwd is run")
     p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test in seconds")
+    p.add_argument("--peak-gbs", type=float, default=3350.0, help="GPU memory bandwidth for the fraction column")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -166,6 +172,17 @@ def main(argv=None) -> int:
             mem = " / ".join("-" if not r or "error" in r else f"{r['peak_mb']:.0f}" for r in (f, fb))
             print(f"{f'{d}x{l}':>14} {be:>10} | {fmt(f):>17} {ratio(f, ref_f):>7} | {fmt(fb):>19} "
                   f"{ratio(fb, ref_b):>7} | {mem:>27}")
+        if args.device == "cuda":
+            b, g, n = args.batch, 4, args.n
+            fwd_bytes = 4 * (3 * b * d * l + 2 * b * g * n * l)
+            bwd_bytes = fwd_bytes + 4 * (5 * b * d * l + 4 * b * g * n * l)
+            for be in fast:
+                for mode, nbytes in (("fwd", fwd_bytes), ("fwd+bwd", bwd_bytes)):
+                    r = res[be, mode]
+                    if r and "error" not in r:
+                        gbs = nbytes / (r["min_ms"] / 1e3) / 1e9
+                        print(f"{'':>14} {be:>10}   {mode} bandwidth {gbs:8.0f} GB/s = "
+                              f"{100 * gbs / args.peak_gbs:5.1f} % of {args.peak_gbs:.0f} GB/s")
     print("x ref = reference min time / backend min time, measured in this run.")
     return 0
 
