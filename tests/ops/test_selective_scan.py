@@ -231,3 +231,17 @@ def test_native_can_be_disabled_and_auto_falls_back():
 def test_missing_compiler_falls_back_to_torch(tmp_path):
     out = _subprocess_backends({"CC": str(tmp_path / "no-such-cc"), "MAMBASEG_CACHE": str(tmp_path)})
     assert "native" not in out.splitlines()[0] and out.splitlines()[1] == "torch"
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_grouped_B_with_ungrouped_C_and_vice_versa(backend):
+    inputs = make_inputs(b=2, d=6, l=9, n=3, g=3, seed=7)
+    for swap in (False, True):
+        ins = dict(inputs)
+        key = "C" if not swap else "B"
+        ins[key] = ins[key][:, 0]                                # (b, n, l): shared by every channel
+        ref = run(ins, "reference", last=True)
+        got = run(ins, backend, last=True)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-10)
+        for k in ref[2]:
+            torch.testing.assert_close(got[2][k], ref[2][k], rtol=1e-9, atol=1e-9, msg=f"grad {k}")
