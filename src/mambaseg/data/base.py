@@ -396,7 +396,9 @@ class SegDataset(Dataset):
 
 
 class ConcatSegDataset(SegDataset):
-    """Several data sets with the same classes/channels as one (e.g. the five polyp test sets)."""
+    """Several data sets with the same classes/channels as one (e.g. the five polyp test sets). Each sample's
+    ``meta["subset"]`` names its data set, and its ``case_id`` is prefixed ``"<subset>/"`` so that ids stay
+    unique across members (CVC-300 and CVC-ClinicDB both number their images 1, 2, ...)."""
 
     def __init__(self, datasets: Sequence[SegDataset], names: Optional[Sequence[str]] = None):
         super().__init__(None)
@@ -418,13 +420,17 @@ class ConcatSegDataset(SegDataset):
     def __getitem__(self, index):
         j, k = self._locate(self._index(index))
         s = self.datasets[j][k]
-        s["meta"] = dict(s["meta"], subset=self.names[j])
+        s["meta"] = self._tag(s["meta"], j)
         return s
+
+    def _tag(self, meta, j):
+        name = self.names[j]
+        return dict(meta, subset=name, case_id=f"{name}/{meta.get('case_id', '')}")
 
     def load(self, index):
         j, k = self._locate(index)
         img, msk, meta = self.datasets[j].load(k)
-        return img, msk, dict(meta, subset=self.names[j])
+        return img, msk, self._tag(meta, j)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -273,19 +273,23 @@ class SegmentationModule(pl.LightningModule):
         self._metrics = None  # created at the first case, once we know whether the data are volumes
         self._pending = []
         self._qualitative = []
+        self._subset_metrics = {}  # data sets made of named parts (the five polyp test sets): one each
         self.test_results = None
 
     def test_step(self, batch, batch_idx):
-        for pred, tgt, cid, spacing, img, loss in self._infer(batch):
-            rec = (pred.to(torch.uint8 if pred.max() < 256 else torch.int16), tgt.to(torch.uint8), cid, spacing)
+        subsets = _meta_list(batch.get("meta", {}) or {}, "subset", batch["image"].shape[0])
+        for (pred, tgt, cid, spacing, img, loss), subset in zip(self._infer(batch), subsets):
+            subset = None if subset is None else str(subset)
+            rec = (pred.to(torch.uint8 if pred.max() < 256 else torch.int16), tgt.to(torch.uint8), cid, spacing,
+                   subset)
             if self.trainer.world_size > 1:
                 self._pending.append(rec)
             else:
-                self._update_metrics(pred, tgt, cid, spacing)
+                self._update_metrics(pred, tgt, cid, spacing, subset)
             if len(self._qualitative) < self.hparams.num_qualitative:
                 self._qualitative.append(_qualitative_sample(img, tgt, pred, cid))
 
-    def _update_metrics(self, pred, tgt, cid, spacing):
+    def _update_metrics(self, pred, tgt, cid, spacing, subset=None):
         if pred.dim() == 2 and spacing is not None and len(spacing) == 3:
             spacing = spacing[1:]  # a slice of a volume: (z, y, x) -> (y, x)
         if pred.dim() == 3 and spacing is not None and len(spacing) != 3:
@@ -294,6 +298,11 @@ class SegmentationModule(pl.LightningModule):
             self._metrics = self._new_metrics(volumetric=pred.dim() == 3)
         self._metrics.update(pred.long(), tgt.long(), case_ids=None if cid is None else [str(cid)],
                              spacing=spacing)
+        if subset is not None:
+            m = self._subset_metrics.get(subset)
+            if m is None:
+                m = self._subset_metrics[subset] = self._new_metrics(volumetric=pred.dim() == 3)
+            m.update(pred.long(), tgt.long(), case_ids=None if cid is None else [str(cid)], spacing=spacing)
 
     def on_test_epoch_end(self):
         if self.trainer.world_size > 1:
@@ -304,11 +313,11 @@ class SegmentationModule(pl.LightningModule):
                 return
             seen, qual = set(), []
             for pending, q in gathered:
-                for pred, tgt, cid, spacing in pending:
+                for pred, tgt, cid, spacing, subset in pending:
                     if cid in seen:  # the distributed sampler pads with repeated cases
                         continue
                     seen.add(cid)
-                    self._update_metrics(pred, tgt, cid, spacing)
+                    self._update_metrics(pred, tgt, cid, spacing, subset)
                 qual.extend(q)
             self._qualitative = qual[:self.hparams.num_qualitative]
         if self._metrics is None:
@@ -317,6 +326,15 @@ class SegmentationModule(pl.LightningModule):
         rows = self._metrics.per_case()
         self.test_results = {"summary": summary, "rows": rows, "qualitative": self._qualitative,
                              "settings": {**self._metrics.settings(), **self.metric_settings()}}
+        # each named part on its own (the polyp benchmark reports every test set separately)
+        self.test_results["subsets"] = {
+            name: {"summary": m.compute(), "rows": m.per_case(), "qualitative": [],
+                   "settings": {**m.settings(), **self.metric_settings(), "subset": name}}
+            for name, m in self._subset_metrics.items()} if len(self._subset_metrics) > 1 else {}
+        for name, sub in self.test_results["subsets"].items():
+            v = sub["summary"].get("dice") if isinstance(sub["summary"], dict) else None
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                self.log(f"test/{name}/dice", float(v), rank_zero_only=True)
         for key in ("dice", "iou", "hd95"):
             v = summary.get(key) if isinstance(summary, dict) else None
             if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):

@@ -169,6 +169,15 @@ def write_test_outputs(module, out_dir: str, run_dir: Optional[str] = None, name
                     extra={"params": sum(p.numel() for p in module.parameters())})
     report = write_report(run_dir or out_dir, [rec], title=title or f"mambaseg report: {rec.name}", notes=notes)
     print("\n" + format_metrics_table([rec]))
+    subsets = res.get("subsets") or {}
+    if subsets:  # e.g. the five polyp test sets: each evaluated on its own, as the papers report them
+        recs = []
+        for sub_name, sub in subsets.items():
+            write_evaluation(os.path.join(out_dir, "subsets", sub_name), sub)
+            recs.append(RunRecord(name=f"{rec.name} [{sub_name}]", run_dir=run_dir or out_dir, summary=sub["summary"],
+                                  rows=sub["rows"], qualitative=[], settings=rec.settings, extra=rec.extra))
+        print("\nper test set (each on its own; the table above pools all of them):\n" + format_metrics_table(recs))
+        print(f"per-set outputs: {os.path.join(out_dir, 'subsets')}/<set>/{{per_case.csv,summary.json}}")
     print(f"\nper-case metrics: {os.path.join(out_dir, 'per_case.csv')}\nsummary: "
           f"{os.path.join(out_dir, 'summary.json')}\nreport: {report}")
     return {"record": rec, "report": report}
