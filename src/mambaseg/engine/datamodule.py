@@ -16,7 +16,7 @@ same batches as an uninterrupted one.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -194,14 +194,10 @@ class SegDataModule(pl.LightningDataModule):
 
     def _carve(self):
         full_train = self.build(self.hparams.train_split, train=True)
-        n = len(full_train)
-        n_val = int(round(n * self.hparams.val_fraction))
-        if self.hparams.val_fraction > 0 and n_val == 0 and n > 1:
-            n_val = 1
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
-        val_idx, train_idx = sorted(perm[:n_val]), sorted(perm[n_val:])
-        train = Subset(full_train, train_idx) if n_val else full_train
-        val = Subset(self.build(self.hparams.train_split, train=False), val_idx) if n_val else None
+        train_idx, val_idx = carve_indices(len(full_train), self.hparams.val_fraction, self.hparams.seed,
+                                           _group_ids(full_train))
+        train = Subset(full_train, train_idx) if val_idx else full_train
+        val = Subset(self.build(self.hparams.train_split, train=False), val_idx) if val_idx else None
         return train, val
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -256,6 +252,48 @@ class SegDataModule(pl.LightningDataModule):
             if k != "probe":
                 d[f"n_{k}"] = len(ds)
         return d
+
+
+def _group_ids(ds) -> Optional[List[str]]:
+    """Per-sample group keys for carving a validation split: the volume a slice comes from
+    (``<volume>_slice_<k>`` case ids, as every volume reader names its slices), so that no volume has slices on
+    both sides. None when the data set cannot list its case ids without reading every sample (2-D sets, where
+    each image is its own case anyway)."""
+    from mambaseg.data.base import SegDataset
+    fn = getattr(type(ds), "case_ids", None)
+    if fn is None or fn is getattr(SegDataset, "case_ids", None):
+        return None
+    ids = ds.case_ids()
+    return [cid.rpartition("_slice")[0] or cid for cid in map(str, ids)]
+
+
+def carve_indices(n: int, fraction: float, seed: int, groups: Optional[Sequence[str]] = None):
+    """Split ``range(n)`` into (train, val) index lists with about ``fraction`` of the samples in val, seeded.
+    With ``groups`` (one key per sample), whole groups go to one side: groups are drawn in a seeded random order
+    until val holds at least round(n * fraction) samples. Without groups every sample is its own group."""
+    n_val = int(round(n * fraction))
+    if fraction > 0 and n_val == 0 and n > 1:
+        n_val = 1
+    if n_val == 0:
+        return list(range(n)), []
+    keys = list(groups) if groups is not None else list(range(n))
+    if len(keys) != n:
+        raise ValueError(f"carve_indices: {len(keys)} group keys for {n} samples")
+    members: Dict[Any, List[int]] = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
+    order = list(members)
+    if len(order) < 2:
+        raise MambasegUserError(f"cannot carve a validation split: all {n} training samples belong to one "
+                                f"case ({order[0]!r}); set data.val_split or add cases")
+    perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(seed)).tolist()
+    val = []
+    for j in perm[:-1]:                      # always leave at least one group for training
+        if len(val) >= n_val:
+            break
+        val.extend(members[order[j]])
+    val_set = set(val)
+    return [i for i in range(n) if i not in val_set], sorted(val)
 
 
 def _is_volume_dataset(ds) -> bool:
