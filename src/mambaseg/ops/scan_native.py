@@ -68,6 +68,10 @@ def _build() -> ctypes.CDLL:
     for flags in attempts:
         key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_signature().encode()).hexdigest()[:16]
         out_dir = _cache_dir() / key
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:  # read-only home: build in the temp folder instead
+            out_dir = Path(tempfile.gettempdir()) / f"mambaseg-native-{os.getuid()}" / key
         so = out_dir / "scan_kernel.so"
         if so.exists():
             try:
