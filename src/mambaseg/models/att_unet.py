@@ -28,9 +28,10 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from .conv_blocks import DoubleConv, Down, UpSample, channel_widths, check_base_channels, init_conv_weights
+from .conv_blocks import DoubleConv, UpSample
 from .layers import check_input_size
 from .registry import register_model
+from .unet import UNet
 
 __all__ = ["AttentionGate", "AttentionUNet"]
 
@@ -77,8 +78,11 @@ class AttUpBlock(nn.Module):
         return self.conv(torch.cat([self.gate(skip, g), g], dim=1))
 
 
-class AttentionUNet(nn.Module):
+class AttentionUNet(UNet):
     """Attention U-Net (Oktay et al., 2018): U-Net with additive attention gates on the skips.
+
+    The same network as :class:`~mambaseg.models.unet.UNet` (same encoder, widths and parameter names) with an
+    :class:`AttUpBlock` at every decoder level.
 
     Input (B, in_channels, H, W) with H and W divisible by 16 (224 and 256 both work); output: logits
     (B, num_classes, H, W).
@@ -90,26 +94,8 @@ class AttentionUNet(nn.Module):
         upsample: ``"transpose"`` (default) or ``"bilinear"``, as in :class:`~mambaseg.models.unet.UNet`.
     """
 
-    downsample_factor = 16
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 1, base_channels: int = 64,
-                 upsample: str = "transpose"):
-        super().__init__()
-        base_channels = check_base_channels(base_channels, "att_unet")
-        self.in_channels, self.num_classes = in_channels, num_classes
-        ch = channel_widths(base_channels)
-        self.inc = DoubleConv(in_channels, ch[0])
-        self.downs = nn.ModuleList([Down(ch[i], ch[i + 1]) for i in range(4)])
-        self.ups = nn.ModuleList([AttUpBlock(ch[i + 1], ch[i], upsample) for i in reversed(range(4))])
-        self.head = nn.Conv2d(ch[0], num_classes, kernel_size=1)
-        self.feature_info = [dict(num_chs=c, reduction=2 ** i) for i, c in enumerate(ch)]
-        init_conv_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        feats = [self.inc(x)]
-        for down in self.downs:
-            feats.append(down(feats[-1]))
-        return feats
+    arch_name = "att_unet"
+    up_block = AttUpBlock
 
     def attention_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The gates' coefficients for input ``x``, coarsest first: (B, 1, H/8, W/8) ... (B, 1, H, W)."""
@@ -120,14 +106,6 @@ class AttentionUNet(nn.Module):
             maps.append(up.gate.attention(skip, up.up(y)))
             y = up(y, skip)
         return maps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.in_channels, self.downsample_factor, "att_unet")
-        feats = self.forward_features(x)
-        y = feats[-1]
-        for up, skip in zip(self.ups, reversed(feats[:-1])):
-            y = up(y, skip)
-        return self.head(y)
 
 
 @register_model("att_unet", paper="Attention U-Net (Oktay et al., MIDL 2018)", default_size=256, family="baseline")

@@ -52,16 +52,18 @@ class UNet(nn.Module):
     """
 
     downsample_factor = 16
+    arch_name = "unet"          # for error messages
+    up_block = UpBlock          # decoder block class: (in_channels, out_channels, upsample) -> module(x, skip)
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, base_channels: int = 64,
                  upsample: str = "transpose"):
         super().__init__()
-        base_channels = check_base_channels(base_channels, "unet")
+        base_channels = check_base_channels(base_channels, self.arch_name)
         self.in_channels, self.num_classes = in_channels, num_classes
         ch = channel_widths(base_channels)
         self.inc = DoubleConv(in_channels, ch[0])
         self.downs = nn.ModuleList([Down(ch[i], ch[i + 1]) for i in range(4)])
-        self.ups = nn.ModuleList([UpBlock(ch[i + 1], ch[i], upsample) for i in reversed(range(4))])
+        self.ups = nn.ModuleList([self.up_block(ch[i + 1], ch[i], upsample) for i in reversed(range(4))])
         self.head = nn.Conv2d(ch[0], num_classes, kernel_size=1)
         self.feature_info = [dict(num_chs=c, reduction=2 ** i) for i, c in enumerate(ch)]
         init_conv_weights(self)
@@ -74,7 +76,7 @@ class UNet(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.in_channels, self.downsample_factor, "unet")
+        check_input_size(x, self.in_channels, self.downsample_factor, self.arch_name)
         feats = self.forward_features(x)
         y = feats[-1]
         for up, skip in zip(self.ups, reversed(feats[:-1])):
