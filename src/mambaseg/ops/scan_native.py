@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ._common import as_grouped, compute_dtype
 from .selective_scan import register_backend
 
 _SRC_DIR = Path(__file__).with_name("csrc")
@@ -158,11 +159,11 @@ def _nthreads() -> int:
 
 class _NativeScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus, g):
+    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
         # u, delta, z: (b, d, l); A: (d, n); B, C: (b, g, l, n); D, bias: (d,): all contiguous, one dtype.
         lib = get_lib()
         b, d, l = u.shape
-        n = A.shape[1]
+        n, g = A.shape[1], B.shape[1]
         out = torch.empty_like(u)
         last = u.new_empty(b, d, n)
         fn = lib.ss_forward_f64 if u.dtype == torch.float64 else lib.ss_forward_f32
@@ -171,7 +172,7 @@ class _NativeScan(torch.autograd.Function):
         if rc != 0:
             raise RuntimeError(f"native selective scan failed (code {rc}); n={n} must be <= 256")
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias)
-        ctx.softplus, ctx.g = softplus, g
+        ctx.softplus = softplus
         return out, last
 
     @staticmethod
@@ -179,7 +180,7 @@ class _NativeScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, bias = ctx.saved_tensors
         lib = get_lib()
         b, d, l = u.shape
-        n, g = A.shape[1], ctx.g
+        n, g = A.shape[1], B.shape[1]
         dout = dout.contiguous()
         dlast = None if dlast is None else dlast.contiguous()
         nt = min(_nthreads(), b * d, 64)
@@ -200,30 +201,23 @@ class _NativeScan(torch.autograd.Function):
         dC = dC_parts.sum(0) if nt > 1 else dC_parts[0]
         return (du, ddelta, dA_rows.sum(0), dB, dC,
                 dD_rows.sum(0) if D is not None else None, dz,
-                dbias_rows.sum(0) if bias is not None else None, None, None)
+                dbias_rows.sum(0) if bias is not None else None, None)
 
 
 def selective_scan_native(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False):
     dtype_in = u.dtype
-    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    ct = compute_dtype(u)
 
     def prep(t):
         return None if t is None else t.to(ct).contiguous()
 
-    grouped = B.dim() == 4
-    g = B.shape[1] if grouped else 1
-    Bt = (B if grouped else B.unsqueeze(1)).to(ct).transpose(-1, -2).contiguous()   # (b, g, l, n)
-    Ct = (C if C.dim() == 4 else C.unsqueeze(1)).to(ct).transpose(-1, -2).contiguous()
-    if C.dim() == 4 and C.shape[1] != g or C.dim() == 3 and g != 1:
-        # mixed grouped / ungrouped B and C: bring both to the same group count
-        gg = max(B.shape[1] if grouped else 1, C.shape[1] if C.dim() == 4 else 1)
-        Bt = Bt.expand(Bt.shape[0], gg, *Bt.shape[2:]).contiguous()
-        Ct = Ct.expand(Ct.shape[0], gg, *Ct.shape[2:]).contiguous()
-        g = gg
+    B4, C4 = as_grouped(B, C)
+    Bt = B4.to(ct).transpose(-1, -2).contiguous()                               # (b, g, l, n), time-major
+    Ct = C4.to(ct).transpose(-1, -2).contiguous()
+    # autograd maps dB, dC (b, g, l, n) back through the transpose / expand / unsqueeze to the caller's layout
     out, last = _NativeScan.apply(prep(u), prep(delta), prep(A), Bt, Ct, prep(D), prep(z), prep(delta_bias),
-                                  bool(delta_softplus), g)
-    # back to the caller's layouts: autograd maps dB (b, g, l, n) back through the transpose/unsqueeze
+                                  bool(delta_softplus))
     out = out.to(dtype_in)
     return (out, last) if return_last_state else out
 

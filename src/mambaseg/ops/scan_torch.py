@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._common import as_grouped, compute_dtype
 from .selective_scan import register_backend
 
 
@@ -117,19 +118,14 @@ class _BlockedScan(torch.autograd.Function):
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                          return_last_state=False):
     dtype_in = u.dtype
-    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    ct = compute_dtype(u)
     u32 = u.to(ct)
     dt = delta.to(ct)
     if delta_bias is not None:
         dt = dt + delta_bias.to(ct)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    B4 = (B if B.dim() == 4 else B.unsqueeze(1)).to(ct)
-    C4 = (C if C.dim() == 4 else C.unsqueeze(1)).to(ct)
-    if B4.shape[1] != C4.shape[1]:
-        gg = max(B4.shape[1], C4.shape[1])
-        B4 = B4.expand(B4.shape[0], gg, *B4.shape[2:])
-        C4 = C4.expand(C4.shape[0], gg, *C4.shape[2:])
+    B4, C4 = (t.to(ct) for t in as_grouped(B, C))
     y, last = _BlockedScan.apply(u32.contiguous(), dt.contiguous(), A.to(ct).contiguous(), B4.contiguous(),
                                  C4.contiguous())
     if D is not None:

@@ -29,6 +29,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ._common import as_grouped
 from .selective_scan import register_backend
 
 try:  # Triton is optional: only a CUDA machine (or the interpreter) can use it
@@ -248,11 +249,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if u.dtype == torch.float64:
         raise TypeError("the triton backend computes in float32; use backend='torch' for float64")
     dtype_in = u.dtype
-    B4 = (B if B.dim() == 4 else B.unsqueeze(1))
-    C4 = (C if C.dim() == 4 else C.unsqueeze(1))
-    if B4.shape[1] != C4.shape[1]:
-        gg = max(B4.shape[1], C4.shape[1])
-        B4, C4 = B4.expand(B4.shape[0], gg, *B4.shape[2:]), C4.expand(C4.shape[0], gg, *C4.shape[2:])
+    B4, C4 = as_grouped(B, C)
     f = lambda t: None if t is None else t.contiguous()  # noqa: E731
     out, last = _TritonScan.apply(f(u), f(delta), A.float().contiguous(), f(B4), f(C4),
                                   None if D is None else D.float().contiguous(), f(z),
