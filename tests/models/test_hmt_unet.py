@@ -14,15 +14,6 @@ from mambaseg.models.pretrained import PretrainedReport
 from mambaseg.models.mambavision import Attention, Block, ConvBlock, MambaVisionMixer
 
 # small widths/depths so forwards stay fast (the scan may be the slow reference)
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin badly on a shared machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 TOY = dict(dim=16, in_dim=8, depths=[1, 1, 2, 2], num_heads=[1, 2, 2, 4], window_size=[4, 4, 2, 2])
 TOY_PADDED = dict(TOY, window_size=[4, 4, 3, 3])  # 64x64 input: levels 2/3 (4x4, 2x2) do not tile -> padding
 

@@ -14,15 +14,6 @@ from mambaseg.models.mambavision import (Attention, Block, ConvBlock, Downsample
                                          window_reverse)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin badly on a shared machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
