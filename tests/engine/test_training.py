@@ -3,9 +3,7 @@ equal an independent numpy computation from the saved checkpoint, per-volume eva
 
 import csv
 import json
-import os
 
-import numpy as np
 import pytest
 import torch
 

@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 triton = pytest.importorskip("triton")
 

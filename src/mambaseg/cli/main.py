@@ -145,7 +145,6 @@ def _cmd_datasets(args) -> int:
 
 
 def _cmd_configs(args) -> int:
-    import yaml
     print(f"shipped configs ({config_dir()}):")
     for name in list_configs():
         with open(os.path.join(config_dir(), name + ".yaml")) as f:

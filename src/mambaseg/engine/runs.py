@@ -20,7 +20,6 @@ import random
 import time
 from typing import Any, Dict, List, Optional
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint

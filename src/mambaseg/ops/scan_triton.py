@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from ._common import as_grouped
 from .selective_scan import register_backend
