@@ -85,24 +85,6 @@ def test_drop_path_rates_encoder_increasing_decoder_reversed():
     assert dec == pytest.approx([0.2 * i / 6 for i in range(7)][::-1])   # layers_up.0 largest, last block 0
 
 
-@pytest.mark.parametrize("in_ch", [1, 3])
-@pytest.mark.parametrize("n_cls", [1, 4, 9])
-def test_logit_shapes_small_input(in_ch, n_cls):
-    torch.manual_seed(0)
-    m = create_model("vmunet", in_channels=in_ch, num_classes=n_cls, **SMALL).eval()
-    with torch.no_grad():
-        y = m(torch.randn(1, in_ch, 32, 64))
-    assert y.shape == (1, n_cls, 32, 64) and torch.isfinite(y).all()
-
-
-@pytest.mark.parametrize("size", [224, 256])
-def test_full_size_inputs(size):
-    m = create_model("vmunet", **SMALL).eval()
-    with torch.no_grad():
-        y = m(torch.randn(1, 3, size, size))
-    assert y.shape == (1, 1, size, size)
-
-
 def test_returns_logits_not_probabilities():
     torch.manual_seed(0)
     m = create_model("vmunet", **SMALL).eval()
@@ -111,29 +93,11 @@ def test_returns_logits_not_probabilities():
     assert y.min() < 0                               # a sigmoid output could not be negative
 
 
-def test_gray_input_repeated_to_rgb_like_upstream_and_switchable():
-    torch.manual_seed(0)
-    m = create_model("vmunet", **SMALL).eval()
-    x = torch.randn(1, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(m(x), m(x.repeat(1, 3, 1, 1)))
-    m.gray_to_rgb = False
-    with pytest.raises(ValueError, match="in_channels=1"):
-        m(x)
-
-
 def test_one_channel_model_has_one_channel_patch_embedding():
     m = create_model("vmunet", in_channels=1, **SMALL)
     assert m.vmunet.patch_embed.proj.weight.shape == (96, 1, 4, 4)
     with pytest.raises(ValueError, match="expected 1 input channel"):
         m(torch.randn(1, 3, 64, 64))
-
-
-@pytest.mark.parametrize("shape", [(1, 3, 60, 64), (1, 3, 64, 48), (3, 64, 64)])
-def test_bad_input_sizes_raise_clear_error(shape):
-    m = create_model("vmunet", **SMALL)
-    with pytest.raises(ValueError, match="divisible by 32|4-D"):
-        m(torch.randn(*shape))
 
 
 def test_skips_are_added_before_each_upsampling():
@@ -150,31 +114,6 @@ def test_skips_are_added_before_each_upsampling():
         core(torch.randn(1, 3, 64, 64))
     for i in (1, 2, 3):
         torch.testing.assert_close(seen[("up_in", i)], seen[("up_out", i - 1)] + seen[("enc_in", 4 - i)])
-
-
-def test_every_parameter_gets_a_finite_gradient():
-    torch.manual_seed(0)
-    m = create_model("vmunet", num_classes=2, **SMALL).train()
-    m(torch.randn(1, 3, 64, 64)).square().mean().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-
-
-def test_eval_is_deterministic_and_train_mode_drops_paths():
-    torch.manual_seed(0)
-    m = create_model("vmunet", drop_path_rate=0.5, **SMALL)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        m.eval()
-        a, b = m(x), m(x)
-        m.train()
-        torch.manual_seed(1)
-        t1 = m(x)
-        torch.manual_seed(2)
-        t2 = m(x)
-    assert torch.equal(a, b)
-    assert not torch.allclose(t1, t2)
 
 
 def test_no_drop_path_means_train_equals_eval():

@@ -130,36 +130,6 @@ def test_sdi_resizes_every_level_to_the_anchor_and_multiplies():
     torch.testing.assert_close(sdi(xs, anchor), ref)
 
 
-@pytest.mark.parametrize("in_ch", [1, 3])
-@pytest.mark.parametrize("n_cls", [1, 4, 9])
-def test_logit_shapes_small_input(in_ch, n_cls):
-    torch.manual_seed(0)
-    m = create_model("vmunet_v2", in_channels=in_ch, num_classes=n_cls, **SMALL).eval()
-    with torch.no_grad():
-        y = m(torch.randn(1, in_ch, 32, 64))
-    assert y.shape == (1, n_cls, 32, 64) and torch.isfinite(y).all()
-
-
-@pytest.mark.parametrize("size", [224, 256])
-def test_full_size_inputs(size):
-    m = create_model("vmunet_v2", **SMALL).eval()
-    with torch.no_grad():
-        assert m(torch.randn(1, 3, size, size)).shape == (1, 1, size, size)
-
-
-def test_gray_input_repeated_to_rgb_and_size_errors():
-    torch.manual_seed(0)
-    m = create_model("vmunet_v2", **SMALL).eval()
-    x = torch.randn(1, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(m(x), m(x.repeat(1, 3, 1, 1)))
-    with pytest.raises(ValueError, match="divisible by 32"):
-        m(torch.randn(1, 3, 40, 40))
-    m.gray_to_rgb = False
-    with pytest.raises(ValueError, match="in_channels=1"):
-        m(x)
-
-
 def test_batchnorm_modes_and_eval_determinism():
     torch.manual_seed(0)
     m = create_model("vmunet_v2", drop_path_rate=0.0, **SMALL)
