@@ -76,7 +76,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .layers import check_input_size, trunc_normal_
+from .layers import check_input_size, init_linear_and_norms
 from .mambavision import FinalPatchExpand2D, MambaVisionLayer, MambaVisionStem
 from .pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
 from .registry import register_model
@@ -132,17 +132,7 @@ class MambaVisionUNet(nn.Module):
         self.layers_up = nn.ModuleList(layers_up)
         self.final_up = FinalPatchExpand2D(dim=dim, dim_scale=4)
         self.final_conv = nn.Conv2d(dim // 4, num_classes, 1)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norms)
 
     def forward_features(self, x: torch.Tensor):
         """Encoder: returns the bottleneck (B, 8*dim, H/32, W/32) and the list of level inputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["DropPath", "trunc_normal_", "Mlp", "check_input_size"]
+__all__ = ["DropPath", "trunc_normal_", "init_linear_and_norms", "Mlp", "check_input_size"]
 
 
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
@@ -34,6 +34,23 @@ class DropPath(nn.Module):
 def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, mean: float = 0.0, a: float = -2.0, b: float = 2.0):
     """Normal(mean, std) truncated to [a, b] (absolute bounds, as timm's ``trunc_normal_``)."""
     return nn.init.trunc_normal_(tensor, mean=mean, std=std, a=a, b=b)
+
+
+def _trunc_normal_002(w: torch.Tensor) -> None:
+    trunc_normal_(w, std=0.02)
+
+
+def init_linear_and_norms(m: nn.Module, weight_init=_trunc_normal_002) -> None:
+    """The upstream (timm-style) ``_init_weights`` of VMamba, MambaVision and Swin, for ``module.apply``:
+    ``nn.Linear`` weights from ``weight_init`` (default trunc-normal, std 0.02) and biases 0; ``nn.LayerNorm`` and
+    ``nn.BatchNorm2d`` weight 1, bias 0 (BatchNorm's own default). Other modules keep their own init."""
+    if isinstance(m, nn.Linear):
+        weight_init(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
 
 
 class Mlp(nn.Module):

@@ -37,7 +37,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .layers import check_input_size, trunc_normal_
+from .layers import check_input_size, init_linear_and_norms
 from .registry import register_model
 from .swin_blocks import BasicLayer, BasicLayer_up, FinalPatchExpand_X4, PatchEmbed, PatchExpand, PatchMerging
 
@@ -161,17 +161,7 @@ class SwinUNet(nn.Module):
         self.up = FinalPatchExpand_X4(res[0], embed_dim, dim_scale=patch_size, norm_layer=norm_layer)
         self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
         self.feature_info = [dict(num_chs=embed_dim * 2 ** i, reduction=patch_size * 2 ** i) for i in range(nl)]
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norms)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_input_size(x, self.in_channels, self.downsample_factor, "swin_unet")

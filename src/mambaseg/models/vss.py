@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from mambaseg.ops import cross_merge, cross_scan, selective_scan
 
-from .layers import DropPath, check_input_size
+from .layers import DropPath, check_input_size, init_linear_and_norms
 
 __all__ = ["SS2D", "VSSBlock", "VSSLayer", "VSSLayerUp", "PatchEmbed2D", "PatchMerging2D", "PatchExpand2D",
            "FinalPatchExpand2D", "PatchExpand", "FinalPatchExpandX4", "VSSEncoder", "init_vss_weights",
@@ -414,6 +414,11 @@ class VSSEncoder(nn.Module):
         return x, skips
 
 
+def _normal_clamped_002(w: torch.Tensor) -> None:
+    with torch.no_grad():
+        w.normal_(0.0, 0.02).clamp_(-2.0, 2.0)
+
+
 def init_vss_weights(m: nn.Module) -> None:
     """Upstream ``VSSM._init_weights`` (apply with ``module.apply``): Linear weights trunc_normal(std 0.02) and
     biases 0; LayerNorm weight 1, bias 0. Convs and the raw SS2D parameters keep their own init.
@@ -421,14 +426,7 @@ def init_vss_weights(m: nn.Module) -> None:
     Upstream's timm ``trunc_normal_(std=.02)`` truncates at the absolute bounds +-2, i.e. 100 standard
     deviations, so ``normal_(0, 0.02)`` clamped to [-2, 2] is the same distribution (the truncated mass is
     below 1e-2000) and avoids the slow rejection loop of ``torch.nn.init.trunc_normal_``."""
-    if isinstance(m, nn.Linear):
-        with torch.no_grad():
-            m.weight.normal_(0.0, 0.02).clamp_(-2.0, 2.0)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
+    init_linear_and_norms(m, weight_init=_normal_clamped_002)
 
 
 def prepare_input(x: torch.Tensor, in_channels: int, gray_to_rgb: bool, multiple: int, model: str) -> torch.Tensor:
