@@ -25,7 +25,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from mambaseg.engine.datamodule import SegDataModule
-from mambaseg.engine.errors import CheckpointMismatchError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from mambaseg.engine.errors import CheckpointMismatchError, MambasegUserError
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
 from mambaseg.engine.runs import (EpochSeedCallback, RunInfoCallback, check_run_dir, is_child_process,
                                   make_checkpoint_callbacks, next_free_dir, write_test_outputs)
@@ -60,25 +62,50 @@ def _all_keys(parser, _depth: int = 0) -> List[str]:
     return sorted(set(keys))
 
 
-class MambaSegArgumentParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors name the unknown key and its near matches."""
+def _one_line(message: str) -> str:
+    """jsonargparse's (multi-line) message on one line; a bad value as ``invalid value 'x' for --key (expected
+    int or null)``."""
+    flat = " ".join(message.split())
+    key = re.search(r'Parser key "([^"]+)":', flat)
+    given = re.search(r"(?:Given|Got) value: (.*?)\.?$", flat)
+    if key and given:
+        types = re.findall(r"Expected an? <class '(\w+)'>", flat)
+        types = list(dict.fromkeys("null" if t == "NoneType" else t for t in types))
+        expected = f" (expected {' or '.join(types)})" if types else ""
+        return f"invalid value {given.group(1)!r} for --{key.group(1)}{expected}"
+    return flat
 
-    def error(self, message: str, *args, **kwargs):
-        extra = []
+
+class MambaSegArgumentParser(LightningArgumentParser):
+    """LightningArgumentParser whose errors are one line: the unknown key with its near matches (no usage dump)."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        from jsonargparse import Namespace  # noqa: F401  (imported for its side effect of loading the module)
+        from jsonargparse._common import debug_mode_active
+        if not getattr(self, "exit_on_error", True) or debug_mode_active():
+            return super().error(message, ex)  # an inner parse that raises; the outer parser reports it
+        parser = getattr(ex, "subcommand_parser", None) or self
+        lines = []
         for pat in _KEY_PATTERNS:
             for m in pat.finditer(str(message)):
                 key = m.group(1).lstrip("-")
-                choices = _all_keys(self)
+                choices = _all_keys(parser) or _all_keys(self)
                 prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
                 pool = [c for c in choices if c.startswith(prefix)] or choices
                 near = difflib.get_close_matches(key, pool, n=3, cutoff=0.6)
+                dash = "" if key in str(message) and "--" + key not in str(message) else "--"
+                what = "option" if dash else "config key"
                 if near:
-                    extra.append(f"unknown key {key!r}; did you mean {', '.join(repr(n) for n in near)}?")
+                    lines.append(f"unknown {what} '{dash}{key}'; did you mean "
+                                 f"{', '.join(repr(dash + n) for n in near)}?")
                 else:
-                    extra.append(f"unknown key {key!r}; `mambaseg fit --help` lists the valid keys")
-        if extra:
-            message = f"{message}\n" + "\n".join(extra)
-        return super().error(message, *args, **kwargs)
+                    lines.append(f"unknown {what} '{dash}{key}'; `mambaseg fit --help` lists the valid options")
+        if not lines:
+            lines = [_one_line(str(message))]
+        self._logger.error(message)
+        import sys
+        sys.stderr.write("".join(f"mambaseg: error: {ln}\n" for ln in dict.fromkeys(lines)))
+        self.exit(2)
 
 
 class MambaSegCLI(LightningCLI):
@@ -128,6 +155,9 @@ class MambaSegCLI(LightningCLI):
         sub = self.subcommand
         cfg = self.config[sub] if sub else self.config
         child = is_child_process()
+        from mambaseg.engine.devices import check_accelerator
+        trainer_cfg = cfg.get("trainer") or {}
+        check_accelerator(trainer_cfg.get("accelerator"), trainer_cfg.get("devices"))
         if sub is None:  # run=False (Python use): no run-directory policy, nothing is written here
             self._out_dir = cfg.get("run_dir") or os.path.join("runs", "interactive")
         elif sub == "fit":
@@ -176,7 +206,10 @@ class MambaSegCLI(LightningCLI):
         strategy = trainer_cfg.get("strategy")
         if strategy == "ddp" and self.model.hparams.model in ("vmunet_v2",):
             kwargs["strategy"] = "ddp_find_unused_parameters_true"  # V2's last encoder stage gets no gradient
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as e:  # e.g. an accelerator / devices / strategy this machine lacks
+            raise MambasegUserError(f"trainer: {' '.join(str(e).split())}") from None
 
     # ----------------------------------------------------------------------------------------------------------
     def _check_ckpt(self) -> None:
@@ -215,7 +248,16 @@ class MambaSegCLI(LightningCLI):
     def after_test(self) -> None:
         if self.trainer.global_rank == 0:
             ckpt = self.config_init["test"].get("ckpt_path")
-            write_test_outputs(self.model, self._out_dir, notes=[f"checkpoint: {ckpt}"])
+            write_test_outputs(self.model, self._out_dir, notes=[f"checkpoint: {ckpt}"], log_dir=_training_run(ckpt))
+
+
+def _training_run(ckpt: Optional[str]) -> Optional[str]:
+    """The run directory of ``RUN/checkpoints/x.ckpt`` when it holds the training log (for the report's curves)."""
+    if not ckpt or ckpt in ("best", "last"):
+        return None
+    d = os.path.dirname(os.path.abspath(ckpt))
+    run = os.path.dirname(d)
+    return run if os.path.basename(d) == "checkpoints" and os.path.isfile(os.path.join(run, "metrics.csv")) else None
 
 
 def run_cli(args: List[str]) -> MambaSegCLI:

@@ -113,9 +113,18 @@ class SegmentationModule(pl.LightningModule):
             from mambaseg.ops import set_default_backend
             set_default_backend(scan_backend)
         from mambaseg.models import create_model
+        from mambaseg.models.registry import UnknownModelKwargError
         self.out_channels = 1 if num_classes == 2 else num_classes
-        self.net = create_model(model, in_channels=in_channels, num_classes=self.out_channels,
-                                pretrained=pretrained, **dict(model_kwargs or {}))
+        try:
+            self.net = create_model(model, in_channels=in_channels, num_classes=self.out_channels,
+                                    pretrained=pretrained, **dict(model_kwargs or {}))
+        except UnknownModelKwargError as e:
+            raise MambasegUserError(f"model.model_kwargs: {e}") from None
+        except TypeError as e:  # a value of the wrong type inside model_kwargs
+            if not model_kwargs:
+                raise
+            raise MambasegUserError(f"model.model_kwargs {dict(model_kwargs)!r} do not fit model {model!r}: {e}"
+                                    ) from None
         self.loss_name = loss or ("bce_dice" if num_classes == 2 else "ce_dice")
         self.loss_fn = self._build_loss(self.loss_name, dict(loss_kwargs or {}))
         self.test_results: Optional[Dict[str, Any]] = None

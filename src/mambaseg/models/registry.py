@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
-__all__ = ["register_model", "list_models", "create_model", "model_info", "ModelInfo", "UnknownModelError"]
+__all__ = ["register_model", "list_models", "create_model", "model_info", "ModelInfo", "UnknownModelError",
+           "UnknownModelKwargError", "model_kwarg_names"]
 
 
 class UnknownModelError(ValueError):
     pass
+
+
+class UnknownModelKwargError(TypeError, ValueError):
+    """A keyword argument that the model's factory (and the class it builds) does not take."""
 
 
 @dataclass
@@ -72,6 +78,51 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
+_FIXED = ("self", "in_channels", "num_classes", "pretrained")
+
+
+def _named_params(fn) -> Tuple[List[str], bool]:
+    """(keyword-passable parameter names, whether ``fn`` also takes ``**kwargs``)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return [], True
+    names = [p.name for p in sig.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _FIXED]
+    return names, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def model_kwarg_names(name: str) -> Optional[List[str]]:
+    """The keyword arguments ``create_model(name, **kwargs)`` accepts (besides ``in_channels``, ``num_classes``,
+    ``pretrained``), from the factory's signature and, when the factory forwards ``**kwargs``, the signature of
+    the class named in its return annotation. ``None`` when they cannot be derived (then nothing is checked)."""
+    factory = model_info(name).factory
+    names, var = _named_params(factory)
+    if var:
+        ret = inspect.signature(factory).return_annotation
+        if isinstance(ret, str):
+            ret = getattr(factory, "__globals__", {}).get(ret)
+        if not inspect.isclass(ret):
+            return None
+        more, var = _named_params(ret.__init__)
+        if var:
+            return None
+        names += [n for n in more if n not in names]
+    return sorted(names)
+
+
+def _check_kwargs(name: str, kwargs: Dict) -> None:
+    valid = model_kwarg_names(name)
+    if valid is None:
+        return
+    for key in kwargs:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+            raise UnknownModelKwargError(f"model {name!r} has no keyword {key!r}{hint} Valid keywords: "
+                                         f"{', '.join(valid) or '(none)'}")
+
+
 def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrained: Optional[str] = None,
                  **kwargs) -> nn.Module:
     """Build a registered model. Returns a plain ``nn.Module`` mapping (B, in_channels, H, W) to logits
@@ -82,6 +133,7 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrain
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    _check_kwargs(name, kwargs)
     model = info.factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
     model.model_name = name
     if pretrained:
