@@ -61,7 +61,7 @@ def test_python_dash_m_entry_point():
 def test_unknown_config_key_names_near_matches(capsys, tmp_path):
     assert main(["fit", "--config", "demo", "--model.lrr", "0.1", "--run_dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "'model.lrr'" in err and "'model.lr'" in err
+    assert "'--model.lrr'" in err and "'--model.lr'" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  batch_sise: 4\n")
     assert main(["fit", "--config", "demo", "--config", str(bad), "--run_dir", str(tmp_path / "r")]) == 2
@@ -137,7 +137,7 @@ def test_predict_images_and_nifti(trained, capsys, tmp_path):
     nib.save(nib.Nifti1Image(vol, affine), str(src / "case.nii.gz"))
     out = tmp_path / "out"
     assert main(["predict", "--ckpt", str(trained / "checkpoints" / "best.ckpt"), "--input", str(src),
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out), "--no-progress"]) == 3  # finished, one input skipped
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "skipped 1" in captured.err
     assert "broken.png" in (out / "errors.txt").read_text()

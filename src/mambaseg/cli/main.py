@@ -15,6 +15,9 @@ Subcommands::
 ``vmunet_isic17``, ...). Bad input (unknown model or key, missing path, mismatching checkpoint, a run directory that
 already holds a run) ends with ``error: ...`` naming the problem and exit code 2; set ``MAMBASEG_DEBUG=1`` for the
 traceback.
+
+Exit codes: 0 done; 1 failure; 2 bad input, refused before any work (nothing written); 3 finished, but some inputs
+were skipped (``predict``: unreadable files, listed in ``OUT/errors.txt``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -199,7 +202,7 @@ def _user_errors():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point; returns the exit code (0 ok, 2 bad input, 1 failure)."""
+    """Entry point; returns the exit code (0 ok, 2 bad input, 1 failure, 3 finished with skipped inputs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("MAMBASEG_DEBUG", "") not in ("", "0")
     try:

@@ -1,4 +1,9 @@
-"""``mambaseg predict``: masks for a folder of images or NIfTI volumes (see ``mambaseg.engine.predict``)."""
+"""``mambaseg predict``: masks for a folder of images or NIfTI volumes (see ``mambaseg.engine.predict``).
+
+Exit codes: 0 every input predicted; 2 bad input (missing checkpoint, no input, a device this machine lacks, an
+output folder already holding predictions without ``--overwrite``), nothing written; 3 finished, but some inputs
+could not be read and were skipped (listed on stderr and in ``OUT/errors.txt``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ import argparse
 import os
 import sys
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "EXIT_SKIPPED"]
+
+#: exit code of a run that finished but skipped unreadable inputs (listed in ``OUT/errors.txt``)
+EXIT_SKIPPED = 3
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -14,10 +22,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "predict", help="predict PNG masks (+ overlays) for images, NIfTI masks for NIfTI volumes",
         description="Predict with a trained checkpoint. PNG masks hold 0/255 (binary) or class indices "
                     "(multi-class); NIfTI outputs keep the input's affine. Unreadable inputs are skipped and "
-                    "listed; existing outputs are never overwritten.")
+                    "listed in OUT/errors.txt (exit code 3); an output folder that already holds predictions is "
+                    "refused unless --overwrite.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by `mambaseg fit` (RUN/checkpoints/best.ckpt)")
     p.add_argument("--input", "-i", nargs="+", required=True, help="image / NIfTI files or folders")
     p.add_argument("--out", "-o", required=True, help="output folder (masks/, overlays/, errors.txt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an output folder that already holds predictions, replacing files of the same "
+                        "name (other files are kept)")
     p.add_argument("--no-overlay", action="store_true", help="do not write colour overlays")
     p.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -26,19 +38,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from mambaseg.engine.devices import check_device
     from mambaseg.engine.predict import load_module, predict_paths
+    check_device(args.device)
     out = args.out
-    for sub in ("masks", "overlays"):
-        d = os.path.join(out, sub)
-        if os.path.isdir(d) and any(True for _ in os.scandir(d)):
-            raise FileExistsError(f"{d} already holds predictions; choose another --out (nothing is overwritten)")
+    overwrite = bool(getattr(args, "overwrite", False))
+    if not overwrite:
+        for sub in ("masks", "overlays"):
+            d = os.path.join(out, sub)
+            if os.path.isdir(d) and any(True for _ in os.scandir(d)):
+                raise FileExistsError(f"{d} already holds predictions; choose another --out, or pass --overwrite "
+                                      "to replace files of the same name (nothing was written)")
     module = load_module(args.ckpt, device=args.device)
     res = predict_paths(module, args.input, out, overlays=not args.no_overlay, threshold=args.threshold,
-                        progress=not args.no_progress, device=args.device)
+                        progress=not args.no_progress, device=args.device, overwrite=overwrite)
     print(f"wrote {len(res.written)} prediction(s) to {os.path.join(out, 'masks')}")
+    for w in res.warnings:
+        print(f"mambaseg: warning: {w}", file=sys.stderr)
     if res.errors:
         print(f"skipped {len(res.errors)} input(s) (also listed in {os.path.join(out, 'errors.txt')}):",
               file=sys.stderr)
         for path, msg in res.errors:
             print(f"  {path}: {msg}", file=sys.stderr)
-    return 0 if res.written or not res.errors else 1
+        print(f"mambaseg: finished with {len(res.errors)} skipped input(s); exit code {EXIT_SKIPPED}", file=sys.stderr)
+        return EXIT_SKIPPED
+    return 0

@@ -7,7 +7,17 @@
 
 Every input is preprocessed with the evaluation transform the model was trained with (``preprocess`` preset at
 ``image_size``) and the logits are resized back to the input size. An unreadable input is skipped, listed at the
-end (and in ``<out>/errors.txt``), and the rest are processed. Existing outputs are never overwritten.
+end (and in ``<out>/errors.txt``), and the rest are processed. Existing outputs are never overwritten unless
+``overwrite=True`` (``mambaseg predict --overwrite``).
+
+Output names are the input names without extension; inputs that share one (``a.jpg``, ``a.png``) keep their
+extension (``a.jpg.png``, ``a.png.png``), and the same file name in two folders gets ``-2``, ``-3``, ...
+
+Inputs that do not match what the model was trained on are converted, with one warning per kind of conversion
+and run (``PredictResult.warnings``): a grayscale image for an RGB model has its channel copied to R, G and B, a
+colour image for a grayscale model is converted with ITU-R 601 luma, an alpha channel is dropped, and a 16-bit
+image is scaled to the 8-bit range (divided by 257) that ``read_image`` gives 8-bit images in, before the model's
+preprocessing.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +33,7 @@ import torch
 from .errors import MambasegUserError
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
 
-__all__ = ["PredictResult", "load_module", "collect_inputs", "predict_paths", "overlay"]
+__all__ = ["PredictResult", "load_module", "collect_inputs", "output_names", "predict_paths", "overlay"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_EXTS = (".nii.gz", ".nii")
@@ -33,6 +43,7 @@ NIFTI_EXTS = (".nii.gz", ".nii")
 class PredictResult:
     written: List[str] = field(default_factory=list)
     errors: List[Tuple[str, str]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)   # one per kind of input conversion, with its count
 
 
 def load_module(ckpt: str, device: str = "cpu"):
@@ -59,8 +70,26 @@ def _name(path: Path) -> str:
     return path.stem
 
 
+def output_names(files: Sequence[Path]) -> List[str]:
+    """Distinct output base names: the name without extension, with the extension kept for inputs that share it
+    (``a.jpg`` / ``a.png`` -> ``a.jpg`` / ``a.png``), then ``-2``, ``-3`` for equal file names in other folders."""
+    stems = [_name(f) for f in files]
+    count: Dict[str, int] = {}
+    for st in stems:
+        count[st.lower()] = count.get(st.lower(), 0) + 1
+    names = [f.name if count[st.lower()] > 1 else st for f, st in zip(files, stems)]
+    seen: Dict[str, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n.lower(), 0) + 1
+        seen[n.lower()] = k
+        out.append(n if k == 1 else f"{n}-{k}")
+    return out
+
+
 def collect_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
-    """Files to predict (folders are listed, sorted) and errors for inputs that do not exist."""
+    """Files to predict (folders are listed, sorted; a file named twice is predicted once) and errors for inputs
+    that do not exist."""
     files, errors = [], []
     for s in inputs:
         p = Path(os.path.expanduser(s))
@@ -74,7 +103,13 @@ def collect_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, s
             files.append(p)
         else:
             errors.append((str(p), "no such file or folder"))
-    return files, errors
+    unique, seen = [], set()
+    for f in files:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, errors
 
 
 def _palette(k: int) -> np.ndarray:
@@ -113,16 +148,64 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(str(path))
 
 
-def _check_free(path: Path) -> Path:
-    if path.exists():
-        raise FileExistsError(f"{path} exists; choose another --out or remove it (nothing is overwritten)")
+def _check_free(path: Path, overwrite: bool = False) -> Path:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another --out, or pass --overwrite to replace it")
     return path
+
+
+class _Conversions:
+    """Input conversions of one run: counted per kind, reported once (``messages()``)."""
+
+    def __init__(self):
+        self.kinds: Dict[str, List] = {}   # kind -> [message, count, first input]
+
+    def add(self, kind: str, message: str, where: str) -> None:
+        entry = self.kinds.setdefault(kind, [message, 0, where])
+        entry[1] += 1
+
+    def messages(self) -> List[str]:
+        return [f"{n} input(s) {msg} (first: {first})" for msg, n, first in self.kinds.values()]
+
+
+def _image_mode(path: Path) -> str:
+    from PIL import Image
+    try:
+        with Image.open(str(path)) as im:
+            return im.mode
+    except Exception:  # read_image reports unreadable files
+        return ""
+
+
+def _fit_image(image: np.ndarray, mode: str, channels: int, conv: _Conversions, where: str,
+               preprocess: Optional[str]) -> np.ndarray:
+    """Bit depth and channels of a read image brought to what the model takes, each conversion recorded."""
+    if mode.startswith("I;16") or (mode == "I" and 255 < float(image.max(initial=0)) <= 65535):
+        image = image / np.float32(257.0)
+        conv.add("16bit", "were 16-bit: scaled to the 8-bit range (divided by 257) before the model's "
+                          f"preprocessing ({preprocess or 'none'})", where)
+    if mode in ("RGBA", "LA", "PA"):
+        conv.add("alpha", "had an alpha channel: dropped", where)
+    c = image.shape[2]
+    if c != channels:
+        if c == 1 and channels == 3:
+            conv.add("gray2rgb", "were grayscale (1 channel) for a model trained on RGB (3 channels): the grey "
+                                 "channel was copied to R, G and B", where)
+        elif c == 3 and channels == 1:
+            conv.add("rgb2gray", "were colour (3 channels) for a model trained on grayscale (1 channel): converted "
+                                 "to grey with ITU-R 601 luma", where)
+        image = _fit_channels(image, channels, axis=2, where=where)
+    return image
 
 
 @torch.no_grad()
 def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = True, threshold: Optional[float] = None,
-                  progress: bool = True, device: str = "cpu") -> PredictResult:
-    """Predict every image / NIfTI file in ``inputs`` (files or folders) into ``out_dir``."""
+                  progress: bool = True, device: str = "cpu", overwrite: bool = False) -> PredictResult:
+    """Predict every image / NIfTI file in ``inputs`` (files or folders) into ``out_dir``.
+
+    Unreadable inputs are skipped and listed in ``PredictResult.errors`` and ``<out>/errors.txt``; when no input
+    exists at all, ``MambasegUserError`` is raised before anything is written. ``overwrite`` replaces outputs of
+    the same name (other files in ``out_dir`` are kept)."""
     from mambaseg.data.base import read_image
     hp = module.hparams
     thr = hp.threshold if threshold is None else float(threshold)
@@ -130,24 +213,31 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
     size = module.input_size
     res = PredictResult()
     files, res.errors = collect_inputs(inputs)
+    if not files:
+        raise MambasegUserError("nothing to predict: " + "; ".join(f"{p}: {m}" for p, m in res.errors)
+                                + " (pass image / NIfTI files or folders holding them)")
+    names = output_names(files)
+    conv = _Conversions()
     out = Path(out_dir)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if overlays:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     binary = hp.num_classes == 2
     net = module.net.to(device).eval()
-    it = files
+    it = list(zip(files, names))
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(files, desc="predict", unit="file")
-    for f in it:
+        it = tqdm(it, desc="predict", unit="file")
+    for f, name in it:
         try:
-            name = _name(f)
             if f.name.lower().endswith(NIFTI_EXTS):
                 from mambaseg.data.nifti import read_nifti, save_nifti
                 arr, spacing = read_nifti(f)
                 vol = arr if arr.ndim == 4 else arr[None]  # (C, D, H, W)
                 if vol.shape[0] != hp.in_channels:
+                    conv.add(f"nifti{vol.shape[0]}to{hp.in_channels}", f"were {vol.shape[0]}-channel volumes for a "
+                             f"model trained on {hp.in_channels} channel(s): "
+                             + ("the channel was copied" if vol.shape[0] == 1 else "converted with luma"), str(f))
                     vol = _fit_channels(vol, hp.in_channels, axis=0, where=str(f))
                 slices = []
                 for d in range(vol.shape[1]):
@@ -157,17 +247,15 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
                     slices.append(torch.from_numpy(np.ascontiguousarray(np.asarray(img, np.float32).transpose(2, 0, 1))))
                 x = torch.stack(slices).to(device)
                 labels = predict_volume(net, x, vol.shape[-2:], thr, input_size=size).numpy()
-                dest = _check_free(out / "masks" / f"{name}.nii.gz")
+                dest = _check_free(out / "masks" / f"{name}.nii.gz", overwrite)
                 save_nifti(labels.astype(np.int64), dest, spacing=spacing, reference=f)
                 res.written.append(str(dest))
                 if overlays:
                     k = int((labels > 0).reshape(labels.shape[0], -1).sum(1).argmax())
                     _save_png(overlay(vol[:, k].transpose(1, 2, 0), labels[k], hp.num_classes),
-                              _check_free(out / "overlays" / f"{name}_z{k}.png"))
+                              _check_free(out / "overlays" / f"{name}_z{k}.png", overwrite))
                 continue
-            image = read_image(f)
-            if image.shape[2] != hp.in_channels:
-                image = _fit_channels(image, hp.in_channels, axis=2, where=str(f))
+            image = _fit_image(read_image(f), _image_mode(f), hp.in_channels, conv, str(f), hp.get("preprocess"))
             h, w = image.shape[:2]
             x = image
             if transform is not None:
@@ -176,19 +264,22 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
             logits = predict_logits_2d(net, xt, input_size=size, output_size=(h, w))
             labels = logits_to_labels(logits, thr)[0].cpu().numpy()
             mask = (labels * 255).astype(np.uint8) if binary else labels.astype(np.uint8)
-            dest = _check_free(out / "masks" / f"{name}.png")
+            dest = _check_free(out / "masks" / f"{name}.png", overwrite)
             _save_png(mask, dest)
             res.written.append(str(dest))
             if overlays:
-                _save_png(overlay(image, labels, hp.num_classes), _check_free(out / "overlays" / f"{name}.png"))
+                _save_png(overlay(image, labels, hp.num_classes), _check_free(out / "overlays" / f"{name}.png", overwrite))
         except FileExistsError:
             raise
         except Exception as e:  # skip this file, keep going; listed at the end
             res.errors.append((str(f), f"{type(e).__name__}: {e}"))
+    res.warnings = conv.messages()
     if res.errors:
-        with open(out / "errors.txt", "a") as fh:
+        with open(out / "errors.txt", "w") as fh:
             for p, msg in res.errors:
                 fh.write(f"{p}\t{msg}\n")
+    elif overwrite and (out / "errors.txt").exists():
+        (out / "errors.txt").unlink()  # the list of an earlier run into this folder; this one skipped nothing
     return res
 
 

@@ -2,7 +2,8 @@
 
 ``write_evaluation`` writes ``per_case.csv`` + ``summary.json`` (through ``mambaseg.metrics.write_summary``, which
 names the aggregation and HD95 mode) and the qualitative arrays; ``write_report`` writes ``report.md`` with PNG
-plots next to it (matplotlib, Agg backend): training curves (from Lightning's ``metrics.csv``), a per-case Dice
+plots next to it (matplotlib, Agg backend): training curves (from Lightning's ``metrics.csv`` of the training
+run; left out when there is none, e.g. a standalone ``mambaseg test`` of a checkpoint without its run), a per-case Dice
 histogram (as Mamba-UNet Fig. 5), a qualitative grid image / ground truth / prediction (as its Fig. 4) and the
 table of all eight metrics. Everything is relative paths, so the folder can be zipped and read offline.
 """
@@ -36,6 +37,7 @@ class RunRecord:
     qualitative: List[Dict[str, Any]] = field(default_factory=list)
     settings: Dict[str, Any] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)   # params, train time, ...
+    log_dir: Optional[str] = None   # the training run whose metrics.csv gives the curves (default: run_dir)
 
 
 def _scalar(v) -> Optional[float]:
@@ -146,9 +148,45 @@ def case_dice_values(rows: Sequence[Dict[str, Any]]) -> List[float]:
     return [float(np.mean(v)) for v in by_case.values()]
 
 
+def empty_counts(summary: Dict[str, Any]) -> Optional[Dict[str, int]]:
+    """``{"pred": ..., "ref": ..., "total": ...}``: (case, class) pairs with an empty prediction, with an empty
+    ground truth, and all of them, from the ``count/*`` entries of a metrics summary (None when it has none)."""
+    if not isinstance(summary, dict) or "count/pred_empty" not in summary:
+        return None
+    get = lambda k: int(summary.get(k) or 0)
+    n_cls = len([k for k in summary if k.startswith("dice/class_")]) or 1
+    return {"pred": get("count/pred_empty") + get("count/both_empty"),
+            "ref": get("count/ref_empty") + get("count/both_empty"), "total": get("count/cases") * n_cls}
+
+
+def _policy_name(settings: Dict[str, Any]) -> str:
+    p = (settings or {}).get("empty_policy")
+    return str(p.get("name")) if isinstance(p, dict) else str(p) if p else "the default"
+
+
+def empty_warnings(records: Sequence[RunRecord]) -> List[str]:
+    """One warning per model with empty predictions or empty ground-truth masks (their HD95/ASD are not
+    distances: the empty policy sets them)."""
+    out = []
+    for rec in records:
+        c = empty_counts(rec.summary)
+        if not c:
+            continue
+        pol = _policy_name(rec.settings)
+        if c["pred"]:
+            out.append(f"warning: {rec.name}: {c['pred']} of {c['total']} predictions are empty (no foreground); "
+                       f"their Dice/HD95/ASD are set by empty_policy {pol}, not measured"
+                       + (" - the model predicts nothing" if c["pred"] == c["total"] else ""))
+        if c["ref"]:
+            out.append(f"warning: {rec.name}: {c['ref']} of {c['total']} ground-truth masks are empty; their "
+                       f"scores are set by empty_policy {pol}")
+    return out
+
+
 def format_metrics_table(records: Sequence[RunRecord], markdown: bool = False) -> str:
-    """All eight metrics per model; names the aggregation and HD95 mode under the table."""
-    head = ["model"] + [_LABEL[m] for m in EIGHT_METRICS]
+    """All eight metrics per model, the counts of empty predictions / ground truths (EmptyPred, EmptyGT: (case,
+    class) pairs), and a warning when they are not zero; names the aggregation and HD95 mode under the table."""
+    head = ["model"] + [_LABEL[m] for m in EIGHT_METRICS] + ["EmptyPred", "EmptyGT"]
     lines = []
     for rec in records:
         cells = [rec.name]
@@ -158,6 +196,8 @@ def format_metrics_table(records: Sequence[RunRecord], markdown: bool = False) -
                 cells.append("n/a")
             else:
                 cells.append(f"{v:.2f}" if m in ("hd95", "asd") else f"{100 * v:.2f}")
+        c = empty_counts(rec.summary)
+        cells += [f"{c['pred']}/{c['total']}", f"{c['ref']}/{c['total']}"] if c else ["n/a", "n/a"]
         lines.append(cells)
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -169,7 +209,12 @@ def format_metrics_table(records: Sequence[RunRecord], markdown: bool = False) -
     notes = sorted({_settings_note(r.settings) for r in records if r.settings})
     out.append("")
     out += [("" if not markdown else "") + n for n in notes]
-    out.append("DSC..Spe in %, HD95/ASD in physical units (pixels when no spacing is known).")
+    out.append("DSC..Spe in %, HD95/ASD in physical units (pixels when no spacing is known); EmptyPred/EmptyGT: "
+               "(case, class) pairs with an empty prediction / ground truth.")
+    warns = empty_warnings(records)
+    if warns:
+        out.append("")
+        out += [f"**{w}**" if markdown else w for w in warns]
     return "\n".join(out)
 
 
@@ -200,14 +245,15 @@ def run_metrics(run_dir: str) -> Dict[str, List[tuple]]:
 
 
 def plot_training_curves(records: Sequence[RunRecord], path: str) -> Optional[str]:
-    series = [(r.name, run_metrics(r.run_dir)) for r in records if r.run_dir]
-    series = [(n, s) for n, s in series if s]
+    keys = ("train/loss_epoch", "val/loss", "val/dice")
+    series = [(r.name, run_metrics(r.log_dir or r.run_dir)) for r in records if r.log_dir or r.run_dir]
+    series = [(n, s) for n, s in series if any(s.get(k) for k in keys)]  # a test folder's CSV has no curves
     if not series:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, s in series:
-        for key, ax, label in (("train/loss_epoch", axes[0], "train"), ("val/loss", axes[0], "val"),
+        for key, ax, label in ((keys[0], axes[0], "train"), (keys[1], axes[0], "val"),
                                ("val/dice", axes[1], "val")):
             pts = [(e, v) for e, _, v in s.get(key, []) if e is not None]
             if pts:

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import random
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -153,9 +154,12 @@ class RunInfoCallback(Callback):
 
 
 def write_test_outputs(module, out_dir: str, run_dir: Optional[str] = None, name: Optional[str] = None,
-                       title: Optional[str] = None, notes: List[str] = ()) -> Optional[Dict[str, Any]]:
+                       title: Optional[str] = None, notes: List[str] = (),
+                       log_dir: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """After ``trainer.test``: per_case.csv + summary.json into ``out_dir``, report.md into ``run_dir`` (or
-    ``out_dir``), the metrics table on stdout. Returns the RunRecord data, or None off rank 0."""
+    ``out_dir``), the metrics table on stdout. ``log_dir``: the training run whose ``metrics.csv`` gives the
+    report's training curves (default ``run_dir``; none found = no curves plot). Returns the RunRecord data, or
+    None off rank 0."""
     from .report import RunRecord, format_metrics_table, write_evaluation, write_report
     res = getattr(module, "test_results", None)
     if not res:
@@ -165,9 +169,14 @@ def write_test_outputs(module, out_dir: str, run_dir: Optional[str] = None, name
                     summary=res["summary"], rows=res["rows"], qualitative=res["qualitative"],
                     settings={k: res["settings"].get(k) for k in ("aggregation", "hd95_mode", "include_background",
                                                                   "threshold", "image_size", "scan_backend")},
-                    extra={"params": sum(p.numel() for p in module.parameters())})
+                    extra={"params": sum(p.numel() for p in module.parameters())}, log_dir=log_dir)
+    policy = res["settings"].get("empty_policy")
+    rec.settings["empty_policy"] = policy.get("name") if isinstance(policy, dict) else policy
     report = write_report(run_dir or out_dir, [rec], title=title or f"mambaseg report: {rec.name}", notes=notes)
     print("\n" + format_metrics_table([rec]))
+    from .report import empty_warnings
+    for w in empty_warnings([rec]):  # also on stderr, where a script watching for problems looks
+        print(f"mambaseg: {w}", file=sys.stderr)
     subsets = res.get("subsets") or {}
     if subsets:  # e.g. the five polyp test sets: each evaluated on its own, as the papers report them
         recs = []
