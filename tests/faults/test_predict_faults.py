@@ -157,10 +157,26 @@ def test_predict_grayscale_input_for_rgb_model_warns_once(ckpt, tmp_path, capsys
     assert "2 input(s)" in warns[0] and "grayscale" in warns[0] and "copied to R, G and B" in warns[0]
 
 
+def _logits(ckpt, image):
+    """The network's logits for an (H, W, C) float image after the checkpoint's evaluation preprocessing."""
+    from mambaseg.engine.inference import predict_logits_2d
+    from mambaseg.engine.predict import _eval_transform, load_module
+    m = load_module(ckpt)
+    x, _ = _eval_transform(m)(image.astype(np.float32), np.zeros(image.shape[:2], np.int64))
+    return predict_logits_2d(m.net, torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None],
+                             input_size=m.input_size)
+
+
 def test_predict_16bit_input_is_scaled_with_a_warning(ckpt, tmp_path, capsys):
-    # a preprocessing without intensity normalisation (as the ACDC preset): the input units matter
-    raw = _edited_ckpt(ckpt, tmp_path / "raw.ckpt", preprocess="mamba_unet_acdc")
     grey8 = _rgb(3)[..., 0]
+    rgb = np.repeat(grey8[..., None], 3, axis=2).astype(np.float32)
+    # a preprocessing without intensity normalisation (as the ACDC preset), so the input units matter, and a head
+    # bias that puts the median logit of this picture at 0: about half its pixels are foreground
+    raw = _edited_ckpt(ckpt, tmp_path / "raw.ckpt", preprocess="mamba_unet_acdc")
+    data = torch.load(raw, map_location="cpu", weights_only=False)
+    bias = float(data["state_dict"]["net.head.bias"]) - float(_logits(raw, rgb).median())
+    raw = _edited_ckpt(raw, tmp_path / "raw.ckpt", head_bias=bias)
+    assert not torch.equal(_logits(raw, rgb) >= 0, _logits(raw, rgb * 257) >= 0)  # 16-bit units change the mask
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(grey8).save(src / "eight.png")
@@ -171,4 +187,5 @@ def test_predict_16bit_input_is_scaled_with_a_warning(ckpt, tmp_path, capsys):
     assert any("16-bit" in w and "divided by 257" in w and "sixteen.png" in w for w in warns), warns
     m8 = np.asarray(Image.open(tmp_path / "out" / "masks" / "eight.png"))
     m16 = np.asarray(Image.open(tmp_path / "out" / "masks" / "sixteen.png"))
+    assert 0.1 < (m8 > 0).mean() < 0.9
     assert np.array_equal(m8, m16)  # the oracle: a 16-bit copy of an 8-bit image predicts the same mask
