@@ -189,3 +189,11 @@ def test_predict_16bit_input_is_scaled_with_a_warning(ckpt, tmp_path, capsys):
     m16 = np.asarray(Image.open(tmp_path / "out" / "masks" / "sixteen.png"))
     assert 0.1 < (m8 > 0).mean() < 0.9
     assert np.array_equal(m8, m16)  # the oracle: a 16-bit copy of an 8-bit image predicts the same mask
+
+
+def test_predict_with_no_existing_input_is_refused_before_writing(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _predict(ckpt, [tmp_path / "no_such_folder"], out) == 2
+    err = capsys.readouterr().err
+    assert "nothing to predict" in err and "no_such_folder" in err
+    assert not out.exists()

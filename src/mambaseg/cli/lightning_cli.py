@@ -17,16 +17,16 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import time
 from typing import Any, List, Optional
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from mambaseg.engine.datamodule import SegDataModule
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-
 from mambaseg.engine.errors import CheckpointMismatchError, MambasegUserError
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
 from mambaseg.engine.runs import (EpochSeedCallback, RunInfoCallback, check_run_dir, is_child_process,
@@ -80,8 +80,10 @@ class MambaSegArgumentParser(LightningArgumentParser):
     """LightningArgumentParser whose errors are one line: the unknown key with its near matches (no usage dump)."""
 
     def error(self, message: str, ex: Optional[Exception] = None):
-        from jsonargparse import Namespace  # noqa: F401  (imported for its side effect of loading the module)
-        from jsonargparse._common import debug_mode_active
+        try:
+            from jsonargparse._common import debug_mode_active
+        except ImportError:  # pragma: no cover - another jsonargparse layout
+            debug_mode_active = lambda: False  # noqa: E731
         if not getattr(self, "exit_on_error", True) or debug_mode_active():
             return super().error(message, ex)  # an inner parse that raises; the outer parser reports it
         parser = getattr(ex, "subcommand_parser", None) or self
@@ -103,7 +105,6 @@ class MambaSegArgumentParser(LightningArgumentParser):
         if not lines:
             lines = [_one_line(str(message))]
         self._logger.error(message)
-        import sys
         sys.stderr.write("".join(f"mambaseg: error: {ln}\n" for ln in dict.fromkeys(lines)))
         self.exit(2)
 
