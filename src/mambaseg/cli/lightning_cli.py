@@ -190,7 +190,16 @@ class MambaSegCLI(LightningCLI):
         check_checkpoint_compatible(data, self.model.hparams, where=f"checkpoint {ckpt!r}")
 
     def before_fit(self) -> None:
+        self._check_data()
         self._check_ckpt()
+
+    def _check_data(self) -> None:
+        # every split fit will read, before the trainer writes anything into the run directory
+        if is_child_process() or not hasattr(self.datamodule, "raise_if_bad"):
+            return
+        cfg = self.config_init["fit"]
+        self.datamodule.raise_if_bad(include_test=bool(cfg.get("test_after_fit")),
+                                     where=f" (nothing was written to {self._out_dir})")
 
     def before_validate(self) -> None:
         self._check_ckpt()
@@ -219,4 +228,6 @@ class MambaSegCLI(LightningCLI):
 
 
 def run_cli(args: List[str]) -> MambaSegCLI:
-    return MambaSegCLI(args=args)
+    from mambaseg.data.hints import hint_style
+    with hint_style("cli"):  # fix hints in flag syntax (--data.dataset_kwargs '{...}'), not Python keywords
+        return MambaSegCLI(args=args)

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .hints import reader_arg
+
 __all__ = [
     "DataError",
     "MissingDataError",
@@ -157,7 +159,7 @@ def pair_by_stem(images: Sequence[Path], masks: Sequence[Path], mask_suffixes: S
             parts.append(f"{len(orphan_masks)} mask(s) in {mask_dir or 'the mask folder'} have no image: "
                          f"{_first(orphan_masks)}")
         raise DataError("; ".join(parts) + ". Images and masks are paired by file stem (a mask may add one of "
-                        f"{', '.join(mask_suffixes[:4])}, ...); pass strict=False to skip unpaired files.")
+                        f"{', '.join(mask_suffixes[:4])}, ...); {reader_arg('strict', False)} skips unpaired files.")
     return [(img_by_stem[s], mask_by_stem[s]) for s in sorted(mask_by_stem)]
 
 
@@ -235,6 +237,15 @@ def read_mask_raw(path) -> np.ndarray:
     return arr
 
 
+def _colour_map_example(cols) -> str:
+    """``{"r,g,b": class}`` for the CLI (JSON keys are strings), ``{(r, g, b): class}`` for Python."""
+    from .hints import current_style
+    cols = [tuple(int(v) for v in c) for c in cols][:3]
+    if current_style() == "cli":
+        return "{" + ", ".join(f'"{r},{g},{b}": {i}' for i, (r, g, b) in enumerate(cols)) + "}"
+    return "{" + ", ".join(f"{c}: {i}" for i, c in enumerate(cols)) + "}"
+
+
 def decode_mask(raw: np.ndarray, num_classes: int, label_map: Optional[Mapping] = None,
                 threshold: Optional[int] = None, source: str = "mask") -> np.ndarray:
     """Turn raw mask values into class indices ``0..num_classes-1`` (int64, ``(H, W)``).
@@ -273,7 +284,7 @@ def decode_mask(raw: np.ndarray, num_classes: int, label_map: Optional[Mapping] 
     if raw.ndim == 3:
         cols = np.unique(raw.reshape(-1, raw.shape[-1]), axis=0)[:8]
         raise DataError(f"{source} is a colour (RGB) mask with colours {[tuple(int(v) for v in c) for c in cols]}; "
-                        "pass label_map={(r, g, b): class_index, ...} to decode it")
+                        f"pass {reader_arg('label_map', None, _colour_map_example(cols))} to decode it")
     if threshold is not None:
         if num_classes != 2:
             raise ValueError("mask_threshold only applies to binary data sets (num_classes=2)")
@@ -284,14 +295,15 @@ def decode_mask(raw: np.ndarray, num_classes: int, label_map: Optional[Mapping] 
             return (raw == 255).astype(np.int64)
         if set(vals.tolist()) <= {0, 1}:
             return raw.astype(np.int64)
-        hint = ("; a lossy (JPEG) mask needs mask_threshold=128" if len(vals) > 3 else "")
+        hint = (f"; a lossy (JPEG) mask needs {reader_arg('mask_threshold', 128)}" if len(vals) > 3 else "")
         raise DataError(f"{source}: binary mask expected (values 0/1 or 0/255) but found values "
                         f"{vals[:16].tolist()}{' ...' if len(vals) > 16 else ''}; for a multi-class mask pass "
-                        f"num_classes={int(vals.max()) + 1} or a label_map{hint}")
+                        f"{reader_arg('num_classes', int(vals.max()) + 1)} or a label_map{hint}")
     bad = vals[(vals < 0) | (vals >= num_classes)]
     if bad.size:
         raise DataError(f"{source}: mask values {bad[:16].tolist()} are outside the label set 0..{num_classes - 1} "
-                        f"(values found: {vals[:16].tolist()}); set num_classes or pass a label_map")
+                        f"(values found: {vals[:16].tolist()}); pass "
+                        f"{reader_arg('num_classes', int(vals.max()) + 1)} or a label_map")
     return raw.astype(np.int64)
 
 
