@@ -157,7 +157,6 @@ class SegDataModule(pl.LightningDataModule):
         names = list(list_datasets()) if callable(list_datasets) else []
         names = [n if isinstance(n, str) else getattr(n, "name", str(n)) for n in names]
         if names and dataset not in names:
-            from .errors import near_matches
             raise MambasegUserError(f"unknown dataset {dataset!r}{near_matches(dataset, names)} "
                                     f"Available: {', '.join(sorted(names))}")
         if root is not None and not os.path.exists(os.path.expanduser(str(root))):
