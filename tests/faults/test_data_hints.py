@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pytest
 
 from _data_fault_helpers import split_folders, tiny_fit_args, write_png
 from mambaseg.cli.main import main
@@ -56,15 +55,6 @@ def test_colour_mask_hint_is_a_working_cli_flag(tmp_path, capsys):
     hinted = _hinted_kwargs(err)
     assert hinted == '{"label_map": {"0,0,0": 0, "255,0,0": 1}}'
     assert _check(root, "--data.dataset_kwargs", hinted) == 0
-
-
-def test_python_callers_keep_keyword_hints(tmp_path):
-    from mambaseg.data import DataError, build_dataset
-
-    root = split_folders(tmp_path / "data", n=(2, 0, 0))
-    write_png(root / "train" / "masks" / "train1.png", np.tile(np.arange(3, dtype=np.uint8), (32, 11))[:, :32])
-    with pytest.raises(DataError, match=r"pass num_classes=3 or a label_map"):
-        build_dataset("folder", str(root), "train")[1]
 
 
 def test_engine_hints_name_cli_flags(tmp_path, capsys):

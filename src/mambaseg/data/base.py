@@ -154,10 +154,10 @@ def pair_by_stem(images: Sequence[Path], masks: Sequence[Path], mask_suffixes: S
         parts = []
         if orphan_images:
             parts.append(f"{len(orphan_images)} image(s) in {image_dir or 'the image folder'} have no mask: "
-                         f"{_first(orphan_images)}")
+                         f"{_first(orphan_images, 50)}")
         if orphan_masks:
             parts.append(f"{len(orphan_masks)} mask(s) in {mask_dir or 'the mask folder'} have no image: "
-                         f"{_first(orphan_masks)}")
+                         f"{_first(orphan_masks, 50)}")
         raise DataError("; ".join(parts) + ". Images and masks are paired by file stem (a mask may add one of "
                         f"{', '.join(mask_suffixes[:4])}, ...); {reader_arg('strict', False)} skips unpaired files.")
     return [(img_by_stem[s], mask_by_stem[s]) for s in sorted(mask_by_stem)]

@@ -20,7 +20,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -231,12 +231,17 @@ def check_dataset(ds, mode: str = "header", split: str = "") -> SplitReport:
 
 
 def check_splits(datasets: Dict[str, object], mode: str, dataset: str, root: Optional[str]) -> DataReport:
-    """A :class:`DataReport` over ``{split name: data set or error message}``, in order; a message stands for a
-    split whose reader refused the folder (missing split, unpaired files) and is reported as its problem."""
+    """A :class:`DataReport` over ``{split name: data set or error message or (data set, message)}``, in order;
+    a message stands for a split whose reader refused the folder (missing split, unpaired files) and is reported
+    as its problem."""
     report = DataReport(dataset, root, mode)
     for name, ds in datasets.items():
         if isinstance(ds, str):
             report.splits.append(SplitReport(name, problems=[ds]))
+        elif isinstance(ds, tuple):  # (the data set of the files that do pair, the pairing problem)
+            rep = check_dataset(ds[0], mode, name)
+            rep.problems.insert(0, ds[1])
+            report.splits.append(rep)
         else:
             report.splits.append(check_dataset(ds, mode, name))
     return report

@@ -195,9 +195,9 @@ class SegDataModule(pl.LightningDataModule):
         return preset_transforms(self.hparams.transforms, self.hparams.image_size, train,
                                  seed=self.hparams.seed if train else None)
 
-    def build(self, split: str, train: bool, transform: bool = True) -> Dataset:
+    def build(self, split: str, train: bool, transform: bool = True, **extra) -> Dataset:
         from mambaseg.data import build_dataset
-        kw = {**self.dataset_kwargs, **dict((self.hparams.split_kwargs or {}).get(split) or {})}
+        kw = {**self.dataset_kwargs, **dict((self.hparams.split_kwargs or {}).get(split) or {}), **extra}
         if self.hparams.split is not None:
             kw.setdefault("ratios", tuple(float(v) for v in self.hparams.split))
             kw.setdefault("seed", self.hparams.seed)
@@ -228,10 +228,13 @@ class SegDataModule(pl.LightningDataModule):
             key = role if role == split else f"{role} ({split})"
             try:
                 entries[key] = self.build(split, train=False, transform=False)
-            except (DataError, FileNotFoundError, MambasegUserError) as e:
+            except (DataError, FileNotFoundError, ValueError) as e:  # ValueError: e.g. a split name refused
                 entries[key] = str(e)
-            except ValueError as e:  # a reader refusing a split name, e.g. 'test' of a two-way ratio split
-                entries[key] = str(e)
+                if "have no mask" in str(e) or "have no image" in str(e):
+                    try:  # unpaired files: still check the files that do pair
+                        entries[key] = (self.build(split, train=False, transform=False, strict=False), str(e))
+                    except Exception:
+                        pass
         return check_splits(entries, mode, self.dataset_name, self.root)
 
     def raise_if_bad(self, mode: Optional[str] = None, include_test: bool = True, where: str = "") -> None:
