@@ -237,6 +237,16 @@ def read_mask_raw(path) -> np.ndarray:
     return arr
 
 
+def unique_values(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` (sorted distinct values); for non-negative integer masks by counting, O(n) instead of a
+    sort (a 1024x768 mask: about 3 ms instead of 100 ms)."""
+    if a.size and a.dtype.kind in "iu":
+        lo, hi = int(a.min()), int(a.max())
+        if lo >= 0 and hi < (1 << 20):
+            return np.flatnonzero(np.bincount(a.reshape(-1))).astype(a.dtype)
+    return np.unique(a)
+
+
 def _colour_map_example(cols) -> str:
     """``{"r,g,b": class}`` for the CLI (JSON keys are strings), ``{(r, g, b): class}`` for Python."""
     from .hints import current_style
@@ -275,7 +285,7 @@ def decode_mask(raw: np.ndarray, num_classes: int, label_map: Optional[Mapping] 
             if unknown:
                 raise DataError(f"{source}: colours {unknown[:8]} are not in label_map (keys {lut_keys[:8]})")
             return out[inv.reshape(-1)].reshape(raw.shape[:2])
-        vals = np.unique(raw)
+        vals = unique_values(raw)
         unknown = [int(v) for v in vals if int(v) not in label_map]
         if unknown:
             raise DataError(f"{source}: values {unknown[:16]} are not in label_map (keys {lut_keys[:16]})")
@@ -289,7 +299,7 @@ def decode_mask(raw: np.ndarray, num_classes: int, label_map: Optional[Mapping] 
         if num_classes != 2:
             raise ValueError("mask_threshold only applies to binary data sets (num_classes=2)")
         return (raw >= threshold).astype(np.int64)
-    vals = np.unique(raw)
+    vals = unique_values(raw)
     if num_classes == 2:
         if vals.size and set(vals.tolist()) <= {0, 255}:
             return (raw == 255).astype(np.int64)

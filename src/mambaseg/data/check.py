@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
-from .base import DataError, SegDataset, read_image, read_mask
+from .base import DataError, SegDataset, read_image, read_mask, unique_values
 
 __all__ = ["CHECK_MODES", "SplitReport", "DataReport", "check_dataset", "image_header"]
 
@@ -138,7 +138,7 @@ def _check_pair_files(ip: Path, mp: Path, ds, full: bool):
         probs.append(str(e))
     try:
         mask = read_mask(mp, ds.num_classes, getattr(ds, "label_map", None), getattr(ds, "mask_threshold", "auto"))
-        classes = set(np.unique(mask).tolist())
+        classes = set(unique_values(mask).tolist())
         if size is not None and tuple(mask.shape) != size:
             probs.append(f"image {ip} is {size[0]}x{size[1]} but its mask {mp} is {mask.shape[0]}x{mask.shape[1]} "
                          "(H x W); image and mask must have the same size")
@@ -155,7 +155,7 @@ def _check_sample(ds, i: int):
     if image.shape[:2] != mask.shape:
         return [f"sample {meta.get('case_id', i)!r}: image size {tuple(image.shape[:2])} differs from mask size "
                 f"{tuple(mask.shape)}"], None, set(), 1
-    return [], tuple(int(s) for s in mask.shape), set(np.unique(mask).tolist()), 1
+    return [], tuple(int(s) for s in mask.shape), set(unique_values(mask).tolist()), 1
 
 
 def _check_volume(src, num_classes: int):
@@ -167,7 +167,7 @@ def _check_volume(src, num_classes: int):
     if tuple(image.shape[1:]) != tuple(mask.shape):
         probs.append(f"volume {src.case_id!r}: image shape {tuple(image.shape[1:])} differs from label shape "
                      f"{tuple(mask.shape)}")
-    vals = np.unique(mask)
+    vals = unique_values(np.asarray(mask))
     bad = vals[(vals < 0) | (vals >= num_classes)]
     if bad.size:
         probs.append(f"volume {src.case_id!r}: label values {bad[:16].tolist()} are outside 0..{num_classes - 1}")
