@@ -9,6 +9,8 @@ On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overri
 * ``fit`` ends with a test of the best checkpoint on the held-out split (``--test_after_fit``), writing
   ``per_case.csv``, ``summary.json`` and ``report.md``.
 * A checkpoint of another model / class count is refused before anything runs.
+* ``fit`` checks every split it reads before the trainer writes anything (``--data.check header|full|none``,
+  ``mambaseg.data.check``), listing every bad file at once.
 * Unknown config keys are named with their near matches.
 """
 

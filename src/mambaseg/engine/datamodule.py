@@ -9,6 +9,11 @@ Splits:
 * ``upstream_select_on_test_split=True`` reproduces VM-UNet / VM-UNetV2, which select the best epoch on the test
   set (test-set leakage): the validation loader then *is* the test loader. Off by default.
 
+Before training, ``fit`` checks every split it will read (``check_data``: each file opens, has its mask, sizes
+agree, mask values fit; ``check="full"`` decodes every image) and lists every problem at once, before anything is
+written (``mambaseg check`` runs the same check alone). ``split=[0.8, 0.1, 0.1]`` splits one flat
+``images/ + masks/`` folder (Kvasir-SEG as downloaded) by seeded ratios and saves ``split.json`` in the run.
+
 Shuffling uses a sampler whose order depends only on ``(seed, epoch)``, so a run resumed from a checkpoint sees the
 same batches as an uninterrupted one.
 """
