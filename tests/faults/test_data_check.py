@@ -117,3 +117,16 @@ def test_unknown_check_mode_is_refused(tmp_path, capsys):
     root = split_folders(tmp_path / "data")
     assert main(["check", *tiny_fit_args(root, extra=("--data.check", "fulll"))]) == 2
     assert "did you mean 'full'" in capsys.readouterr().err
+
+
+def test_unpaired_files_do_not_hide_the_other_bad_files(tmp_path, capsys):
+    root = split_folders(tmp_path / "data")
+    for k in range(7):  # more orphans than the old five-name list showed
+        write_png(root / "train" / "images" / f"orphan{k}.png", case_image(k, 32, 32))
+    (root / "train" / "images" / "train2.png").write_bytes(b"")
+    run = tmp_path / "run"
+    assert _fit(root, run) == 2
+    err = capsys.readouterr().err
+    assert "7 image(s)" in err and all(f"orphan{k}.png" in err for k in range(7))
+    assert "train2.png is empty" in err
+    assert not run.exists()
