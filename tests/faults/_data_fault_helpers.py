@@ -40,8 +40,9 @@ def kvasir_seg(root: Path, n=10, size=(32, 40)) -> Path:
     return root
 
 
-def acdc_flat(root: Path) -> Path:
-    """SSL4MIS ACDC with the training slices directly in data/ (no data/slices/), beside the volumes."""
+def acdc_flat(root: Path, flat: bool = True) -> Path:
+    """SSL4MIS ACDC with the training slices directly in data/ (no data/slices/), beside the volumes; with
+    ``flat=False`` as SSL4MIS ships it (data/slices/)."""
     slices = []
     for p in (1, 2, 3, 4):
         case = f"patient{p:03d}_frame01"
@@ -49,7 +50,7 @@ def acdc_flat(root: Path) -> Path:
         write_h5(root / "data" / f"{case}.h5", vol, vol_label(p))
         if p <= 2:
             for z in range(3):
-                write_h5(root / "data" / f"{case}_slice_{z}.h5", vol[z], vol_label(p)[z])
+                write_h5(root / "data" / ("" if flat else "slices") / f"{case}_slice_{z}.h5", vol[z], vol_label(p)[z])
                 slices.append(f"{case}_slice_{z}")
     (root / "train_slices.list").write_text("\n".join(slices) + "\n")
     (root / "val.list").write_text("patient003_frame01\n")

@@ -60,3 +60,19 @@ def test_kvasir_seg_split_flag_trains_and_saves_the_split(tmp_path, capsys):
     expect = ratio_split(ids, (0.6, 0.2, 0.2), seed=7)  # the seeded split, computed independently
     assert {k: sorted(saved[k]) for k in ("train", "val", "test")} == {k: sorted(v) for k, v in expect.items()}
     assert (run / "test" / "summary.json").is_file()  # the test split was evaluated after training
+
+
+def test_bad_test_volume_is_found_before_training(tmp_path, capsys):
+    from _data_fault_helpers import write_h5
+
+    root = acdc_flat(tmp_path / "ACDC", flat=False)
+    write_h5(root / "data" / "patient004_frame01.h5", np.zeros((3, 8, 8), np.float32), vol_label(4, num_classes=6))
+    write_h5(root / "data" / "patient003_frame01.h5", np.zeros((3, 8, 9), np.float32), vol_label(3))
+    run = tmp_path / "run"
+    args = tiny_fit_args(root, dataset="acdc", extra=("--data.val_split", "val", "--data.transforms",
+                                                      "mamba_unet_acdc"))
+    assert main(["fit", *args, "--run_dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "test: volume 'patient004_frame01': label values [4, 5] are outside the label set 0..3" in err
+    assert "val:" in err and "patient003_frame01.h5: image shape (3, 8, 9) differs from label shape (3, 8, 8)" in err
+    assert not run.exists()

@@ -5,8 +5,8 @@ and *every* problem found, one line each, never only the first). ``mode``:
 
 * ``"header"`` (default): images are opened and their header read (size, mode), PNG chunk checksums verified
   and JPEG files checked for their end-of-image marker (a truncated download), without decoding the pixels;
-  masks are decoded in full (their values must fit the task). h5/npz/NIfTI files are read as the readers read
-  them (slices and volumes are small next to a dermoscopy JPEG).
+  masks are decoded in full (their values must fit the task). h5 volumes (ACDC, Synapse): both datasets present,
+  shapes from the header, labels read; h5/npz slices and NIfTI volumes are read as the readers read them.
 * ``"full"``: images are decoded too.
 
 The engine runs it on every split ``fit`` uses before the run directory is touched (``--data.check``), and
@@ -158,19 +158,57 @@ def _check_sample(ds, i: int):
     return [], tuple(int(s) for s in mask.shape), set(unique_values(mask).tolist()), 1
 
 
-def _check_volume(src, num_classes: int):
+def _h5_volume_header(path: Path, image_key: str, label_key: str):
+    """Header check of an h5 volume: both datasets present, same 3-D shape; only the labels are read."""
+    import h5py
+
+    if not path.is_file():
+        raise DataError(f"volume file {path} not found")
     try:
-        image, mask, _, _ = src.load()
+        with h5py.File(path, "r") as f:
+            missing = [k for k in (image_key, label_key) if k not in f]
+            if missing:
+                raise DataError(f"{path} has no dataset(s) {missing} (found {list(f.keys())})")
+            shape = tuple(f[image_key].shape)
+            label = np.asarray(f[label_key][()])
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"cannot read h5 file {path} (corrupt or not HDF5: {e})") from None
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected a 3-D volume (D, H, W), got shape {shape}")
+    if label.dtype.kind == "f" and not np.all(label == np.round(label)):
+        raise DataError(f"{path}: label holds non-integer values")
+    return label.astype(np.int64), shape
+
+
+def _check_volume(src, num_classes: int, full: bool = True):
+    from functools import partial
+
+    from .acdc import read_h5_volume
+
+    fn = getattr(src, "_load", None)
+    try:
+        if not full and isinstance(fn, partial) and fn.func is read_h5_volume and len(fn.args) >= 2:
+            path, _nc, *keys = fn.args
+            mask, shape = _h5_volume_header(Path(path), *(keys + ["image", "label"][len(keys):]))
+            if shape != tuple(mask.shape):
+                return [f"{path}: image shape {shape} differs from label shape {tuple(mask.shape)}"], None, set(), 1, 0
+            image_shape = (1,) + shape
+        else:
+            image, mask, _, _ = src.load()
+            image_shape = image.shape
     except DataError as e:
         return [str(e)], None, set(), 1, 0
     probs = []
-    if tuple(image.shape[1:]) != tuple(mask.shape):
-        probs.append(f"volume {src.case_id!r}: image shape {tuple(image.shape[1:])} differs from label shape "
+    if tuple(image_shape[1:]) != tuple(mask.shape):
+        probs.append(f"volume {src.case_id!r}: image shape {tuple(image_shape[1:])} differs from label shape "
                      f"{tuple(mask.shape)}")
     vals = unique_values(np.asarray(mask))
     bad = vals[(vals < 0) | (vals >= num_classes)]
     if bad.size:
-        probs.append(f"volume {src.case_id!r}: label values {bad[:16].tolist()} are outside 0..{num_classes - 1}")
+        probs.append(f"volume {src.case_id!r}: label values {bad[:16].tolist()} are outside the label set "
+                     f"0..{num_classes - 1} (values found: {vals[:16].tolist()})")
     return probs, tuple(int(s) for s in mask.shape[1:]), set(vals.tolist()), 1, int(mask.shape[0])
 
 
@@ -215,7 +253,7 @@ def check_dataset(ds, mode: str = "header", split: str = "") -> SplitReport:
     if isinstance(ds, VolumeSliceDataset) and not getattr(ds, "generated", False) and \
             type(ds).__module__ != "mambaseg.data.synthetic":
         def vol(src):
-            probs, size, classes, nfiles, depth = _check_volume(src, ds.num_classes)
+            probs, size, classes, nfiles, depth = _check_volume(src, ds.num_classes, full)
             return probs, size, classes, nfiles
         _run(vol, [(s,) for s in ds.sources], rep)
         rep.samples = len(ds)
