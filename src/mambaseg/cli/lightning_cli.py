@@ -9,6 +9,8 @@ On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overri
 * ``fit`` ends with a test of the best checkpoint on the held-out split (``--test_after_fit``), writing
   ``per_case.csv``, ``summary.json`` and ``report.md``.
 * A checkpoint of another model / class count is refused before anything runs.
+* ``fit`` checks every split it reads before the trainer writes anything (``--data.check header|full|none``,
+  ``mambaseg.data.check``), listing every bad file at once.
 * Unknown config keys are named with their near matches.
 """
 
@@ -224,7 +226,16 @@ class MambaSegCLI(LightningCLI):
         check_checkpoint_compatible(data, self.model.hparams, where=f"checkpoint {ckpt!r}")
 
     def before_fit(self) -> None:
+        self._check_data()
         self._check_ckpt()
+
+    def _check_data(self) -> None:
+        # every split fit will read, before the trainer writes anything into the run directory
+        if is_child_process() or not hasattr(self.datamodule, "raise_if_bad"):
+            return
+        cfg = self.config_init["fit"]
+        self.datamodule.raise_if_bad(include_test=bool(cfg.get("test_after_fit")),
+                                     where=f" (nothing was written to {self._out_dir})")
 
     def before_validate(self) -> None:
         self._check_ckpt()
@@ -262,4 +273,6 @@ def _training_run(ckpt: Optional[str]) -> Optional[str]:
 
 
 def run_cli(args: List[str]) -> MambaSegCLI:
-    return MambaSegCLI(args=args)
+    from mambaseg.data.hints import hint_style
+    with hint_style("cli"):  # fix hints in flag syntax (--data.dataset_kwargs '{...}'), not Python keywords
+        return MambaSegCLI(args=args)

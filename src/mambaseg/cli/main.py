@@ -8,6 +8,7 @@ Subcommands::
     mambaseg predict  --ckpt RUN/checkpoints/best.ckpt --input IMAGES_OR_NIFTI... --out DIR
     mambaseg models   [--family mamba|baseline] [--profile]
     mambaseg datasets
+    mambaseg check    --config CONFIG --data.root DIR [--data.check full]   (the data check of fit, alone)
     mambaseg demo     [--out DIR] [--fast]
     mambaseg profile  MODEL ...
 
@@ -183,6 +184,8 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-params", action="store_true", help="skip building the models")
     sub.add_parser("datasets", help="list the data readers, synthetic sets and transform presets")
     sub.add_parser("configs", help="list the shipped configs")
+    sub.add_parser("check", help="check the data of a config (every split, file, mask) without training",
+                   add_help=False)
     from . import predict_cmd, demo_cmd
     predict_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
@@ -213,6 +216,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             except SystemExit as e:
                 return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
             return 0
+        if argv and argv[0] == "check":  # the data check fit runs first, alone (same config and flags)
+            from .check_cmd import run_check
+            return run_check(_rewrite_config_args(argv[1:]))
         parser = _build_parser()
         args = parser.parse_args(argv)
         if args.command is None:

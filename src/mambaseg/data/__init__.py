@@ -22,10 +22,11 @@ Contracts: see :mod:`mambaseg.data.base` (sample dicts, transform signature, vol
 
 from .base import (ConcatSegDataset, DataError, MissingDataError, SegDataset, VolumeDataset, VolumeSliceDataset,
                    collate_samples, volume_slices)
+from .check import check_dataset
 from .registry import build_dataset, build_volume_dataset, list_datasets, register_dataset
 
 __all__ = [
     "build_dataset", "build_volume_dataset", "list_datasets", "register_dataset",
     "SegDataset", "VolumeDataset", "VolumeSliceDataset", "ConcatSegDataset", "DataError", "MissingDataError",
-    "collate_samples", "volume_slices",
+    "collate_samples", "volume_slices", "check_dataset",
 ]

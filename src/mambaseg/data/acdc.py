@@ -4,6 +4,7 @@
     root/train_slices.list        # one slice name per line: patient001_frame01_slice_0
     root/val.list, root/test.list # one volume name per line: patient011_frame01
     root/data/slices/<name>.h5    # training slices, datasets "image" (H, W) float, "label" (H, W) uint8
+                                  # (copies that keep them directly in root/data/ load too)
     root/data/<name>.h5           # volumes, datasets "image" (D, H, W) float, "label" (D, H, W) uint8
 
 (``root`` is SSL4MIS's ``data/ACDC``.) The lists give the 70/10/20 patient split (1312 training slices,
@@ -35,7 +36,7 @@ __all__ = ["ACDCDataset", "read_h5_volume", "read_h5_pair", "read_list", "ACDC_C
 
 ACDC_CLASSES = ["background", "right_ventricle", "myocardium", "left_ventricle"]
 ACDC_LAYOUT = """  root/train_slices.list, root/val.list, root/test.list
-  root/data/slices/<case>_slice_<k>.h5   (datasets image, label; 2-D)
+  root/data/slices/<case>_slice_<k>.h5   (datasets image, label; 2-D; or directly in root/data/)
   root/data/<case>.h5                    (datasets image, label; 3-D, D x H x W)"""
 
 
@@ -212,14 +213,16 @@ def ACDCDataset(root, split: str = "train", transform: Optional[Callable] = None
                                   cache_size, names)
     if split == "train":
         lst = r / "train_slices.list"
-        slices = data / "slices"
-        if not slices.is_dir():
-            raise MissingDataError(f"{r} has no data/slices/ folder; expected layout:\n{ACDC_LAYOUT}")
-        files = [slices / f"{n}.h5" for n in read_list(lst)]
+        names = read_list(lst)
+        # SSL4MIS keeps the slices in data/slices/; some copies keep them directly in data/, beside the volumes
+        slices = data / "slices" if (data / "slices").is_dir() else data
+        files = [slices / f"{n}.h5" for n in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise MissingDataError(f"{len(missing)} slice file(s) listed in {lst} are missing from {slices}: "
-                                   f"{missing[:5]}")
+            where = (f"{slices}" if slices != data else f"{data} (there is no data/slices/ folder; the slices may "
+                     "lie in data/slices/ or directly in data/)")
+            raise MissingDataError(f"{len(missing)} of the {len(files)} slice file(s) listed in {lst} are missing "
+                                   f"from {where}: {missing[:5]}; expected layout:\n{ACDC_LAYOUT}")
         return H5SliceDataset(files, num_classes, transform, names, volume_dir=data)
     files = [data / f"{n}.h5" for n in read_list(r / f"{split}.list")]
     return VolumeSliceDataset(h5_volume_sources(files, num_classes), num_classes, 1, transform, cache_size, names)

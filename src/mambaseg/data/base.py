@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .hints import reader_arg
+
 __all__ = [
     "DataError",
     "MissingDataError",
@@ -152,12 +154,12 @@ def pair_by_stem(images: Sequence[Path], masks: Sequence[Path], mask_suffixes: S
         parts = []
         if orphan_images:
             parts.append(f"{len(orphan_images)} image(s) in {image_dir or 'the image folder'} have no mask: "
-                         f"{_first(orphan_images)}")
+                         f"{_first(orphan_images, 50)}")
         if orphan_masks:
             parts.append(f"{len(orphan_masks)} mask(s) in {mask_dir or 'the mask folder'} have no image: "
-                         f"{_first(orphan_masks)}")
+                         f"{_first(orphan_masks, 50)}")
         raise DataError("; ".join(parts) + ". Images and masks are paired by file stem (a mask may add one of "
-                        f"{', '.join(mask_suffixes[:4])}, ...); pass strict=False to skip unpaired files.")
+                        f"{', '.join(mask_suffixes[:4])}, ...); {reader_arg('strict', False)} skips unpaired files.")
     return [(img_by_stem[s], mask_by_stem[s]) for s in sorted(mask_by_stem)]
 
 
@@ -235,6 +237,25 @@ def read_mask_raw(path) -> np.ndarray:
     return arr
 
 
+def unique_values(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` (sorted distinct values); for non-negative integer masks by counting, O(n) instead of a
+    sort (a 1024x768 mask: about 3 ms instead of 100 ms)."""
+    if a.size and a.dtype.kind in "iu":
+        lo, hi = int(a.min()), int(a.max())
+        if lo >= 0 and hi < (1 << 20):
+            return np.flatnonzero(np.bincount(a.reshape(-1))).astype(a.dtype)
+    return np.unique(a)
+
+
+def _colour_map_example(cols) -> str:
+    """``{"r,g,b": class}`` for the CLI (JSON keys are strings), ``{(r, g, b): class}`` for Python."""
+    from .hints import current_style
+    cols = [tuple(int(v) for v in c) for c in cols][:8]
+    if current_style() == "cli":
+        return "{" + ", ".join(f'"{r},{g},{b}": {i}' for i, (r, g, b) in enumerate(cols)) + "}"
+    return "{" + ", ".join(f"{c}: {i}" for i, c in enumerate(cols)) + "}"
+
+
 def decode_mask(raw: np.ndarray, num_classes: int, label_map: Optional[Mapping] = None,
                 threshold: Optional[int] = None, source: str = "mask") -> np.ndarray:
     """Turn raw mask values into class indices ``0..num_classes-1`` (int64, ``(H, W)``).
@@ -264,7 +285,7 @@ def decode_mask(raw: np.ndarray, num_classes: int, label_map: Optional[Mapping] 
             if unknown:
                 raise DataError(f"{source}: colours {unknown[:8]} are not in label_map (keys {lut_keys[:8]})")
             return out[inv.reshape(-1)].reshape(raw.shape[:2])
-        vals = np.unique(raw)
+        vals = unique_values(raw)
         unknown = [int(v) for v in vals if int(v) not in label_map]
         if unknown:
             raise DataError(f"{source}: values {unknown[:16]} are not in label_map (keys {lut_keys[:16]})")
@@ -273,25 +294,26 @@ def decode_mask(raw: np.ndarray, num_classes: int, label_map: Optional[Mapping] 
     if raw.ndim == 3:
         cols = np.unique(raw.reshape(-1, raw.shape[-1]), axis=0)[:8]
         raise DataError(f"{source} is a colour (RGB) mask with colours {[tuple(int(v) for v in c) for c in cols]}; "
-                        "pass label_map={(r, g, b): class_index, ...} to decode it")
+                        f"pass {reader_arg('label_map', None, _colour_map_example(cols))} to decode it")
     if threshold is not None:
         if num_classes != 2:
             raise ValueError("mask_threshold only applies to binary data sets (num_classes=2)")
         return (raw >= threshold).astype(np.int64)
-    vals = np.unique(raw)
+    vals = unique_values(raw)
     if num_classes == 2:
         if vals.size and set(vals.tolist()) <= {0, 255}:
             return (raw == 255).astype(np.int64)
         if set(vals.tolist()) <= {0, 1}:
             return raw.astype(np.int64)
-        hint = ("; a lossy (JPEG) mask needs mask_threshold=128" if len(vals) > 3 else "")
+        hint = (f"; a lossy (JPEG) mask needs {reader_arg('mask_threshold', 128)}" if len(vals) > 3 else "")
         raise DataError(f"{source}: binary mask expected (values 0/1 or 0/255) but found values "
                         f"{vals[:16].tolist()}{' ...' if len(vals) > 16 else ''}; for a multi-class mask pass "
-                        f"num_classes={int(vals.max()) + 1} or a label_map{hint}")
+                        f"{reader_arg('num_classes', int(vals.max()) + 1)} or a label_map{hint}")
     bad = vals[(vals < 0) | (vals >= num_classes)]
     if bad.size:
         raise DataError(f"{source}: mask values {bad[:16].tolist()} are outside the label set 0..{num_classes - 1} "
-                        f"(values found: {vals[:16].tolist()}); set num_classes or pass a label_map")
+                        f"(values found: {vals[:16].tolist()}); pass "
+                        f"{reader_arg('num_classes', int(vals.max()) + 1)} or a label_map")
     return raw.astype(np.int64)
 
 

@@ -59,7 +59,7 @@ class PairedImageDataset(SegDataset):
             raise DataError(f"{name} is empty: no image/mask pairs found")
         self.pairs = [(Path(a), Path(b)) for a, b in pairs]
         if label_map is not None:
-            label_map = {(tuple(k) if isinstance(k, (list, tuple)) else int(k)): int(v) for k, v in label_map.items()}
+            label_map = {_label_key(k): int(v) for k, v in label_map.items()}
             mx = max(label_map.values()) + 1
             if num_classes is None:
                 num_classes = max(mx, 2)
@@ -72,7 +72,7 @@ class PairedImageDataset(SegDataset):
         self.mask_threshold = mask_threshold
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
-        self.in_channels = int(channels) if channels is not None else image_channels(self.pairs[0][0])
+        self.in_channels = int(channels) if channels is not None else _probe_channels(self.pairs)
         self.name = name
         if class_names is not None:
             self.class_names = list(class_names)
@@ -110,6 +110,34 @@ def folder_pairs(image_dir: Path, mask_dir: Path, extensions=IMAGE_EXTENSIONS, m
     return pair_by_stem(images, masks, mask_suffixes, image_dir, mask_dir, strict)
 
 
+def _probe_channels(pairs) -> int:
+    """Channels of the first image that opens (a corrupt first file is the data check's to report)."""
+    first = None
+    for ip, _ in pairs[:50]:
+        try:
+            return image_channels(ip)
+        except DataError as e:
+            first = first or e
+    raise first
+
+
+def _ratio_hint() -> str:
+    from .hints import current_style
+    if current_style() == "cli":
+        return ("--data.split '[0.8, 0.1, 0.1]' (train, val, test ratios of the case ids, seeded by --data.seed, "
+                "saved to RUN_DIR/split.json)")
+    return "ratios=(0.8, 0.1, 0.1) (train, val, test; seeded by seed=) or a split_file"
+
+
+def _label_key(k):
+    """label_map keys: an int, an (r, g, b) tuple/list, or (from JSON on the command line) "255" / "255,0,0"."""
+    if isinstance(k, (list, tuple)):
+        return tuple(int(v) for v in k)
+    if isinstance(k, str) and "," in k:
+        return tuple(int(v) for v in k.strip("()[] ").split(","))
+    return int(k)
+
+
 def split_pairs(pairs, split: str, ratios, seed: int, split_file, name: str):
     """Select the pairs of ``split`` by a split file (JSON ``{split: [case ids]}``) or a ratio split of case ids."""
     from .splits import load_split, ratio_split
@@ -124,6 +152,11 @@ def split_pairs(pairs, split: str, ratios, seed: int, split_file, name: str):
     else:
         sp = ratio_split(sorted(by_id), ratios, seed)
     if split not in sp:
+        if split_file is None:
+            raise MissingDataError(
+                f"{name} is one flat images/ + masks/ folder (no train/ val/ test/ folders, no split file, as "
+                f"Kvasir-SEG is downloaded); its ratio split {tuple(ratios)} has only {sorted(sp)}, no {split!r}. "
+                f"Split it into train/val/test with {_ratio_hint()}")
         raise ValueError(f"split {split!r} not in {sorted(sp)} ({name}); choose one of them or 'all'")
     missing = [c for c in sp[split] if c not in by_id]
     if missing:

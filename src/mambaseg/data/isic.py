@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .base import DataError, MissingDataError, require_dir, warn_once
+from .hints import reader_arg
 from .folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, PairedImageDataset, find_subdir, folder_pairs
 
 __all__ = ["ISICDataset"]
@@ -118,7 +119,8 @@ class ISICDataset(PairedImageDataset):
             if split == "train":
                 return self._pairs_in(r / "train", strict)
             warn_once(f"ISIC at {r}: 'val' is the upstream val/ folder, which is also the test set (VM-UNet's 7:3 "
-                      "split has no separate validation set); pass val_fraction=0.1 to validate on part of train/")
+                      f"split has no separate validation set); pass {reader_arg('val_fraction', 0.1)} to validate "
+                      "on part of train/")
             return self._pairs_in(r / "val", strict)
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")

@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import DataError, MissingDataError, VolumeSliceDataset, VolumeSource, pair_by_stem, require_dir, strip_ext
+from .hints import reader_arg
 
 __all__ = ["NiftiDataset", "read_nifti", "save_nifti", "nifti_pairs", "NIFTI_EXTENSIONS"]
 
@@ -114,7 +115,8 @@ def _load_case(image_paths: Sequence[Path], label_path: Path, num_classes: int):
     bad = vals[(vals < 0) | (vals >= num_classes)]
     if bad.size:
         raise DataError(f"label {label_path}: values {bad[:16].tolist()} are outside the label set 0..{num_classes - 1} "
-                        f"(values found: {vals[:16].tolist()}); pass num_classes or fix the labels")
+                        f"(values found: {vals[:16].tolist()}); pass {reader_arg('num_classes', int(vals.max()) + 1)} or "
+                        "fix the labels")
     return image, label, spacing, True
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from .base import ConcatSegDataset, MissingDataError, require_dir, strip_ext, warn_once
+from .hints import reader_arg
 from .folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, PairedImageDataset, find_subdir, folder_pairs
 
 __all__ = ["PolypDataset", "polyp_test_sets", "POLYP_TEST_SETS", "build_polyp"]
@@ -86,8 +87,8 @@ class PolypDataset(PairedImageDataset):
                 sp = ratio_split(sorted(by_id), (1 - val_fraction, val_fraction), seed)
                 pairs = [by_id[c] for c in sorted(sp[split])]
             elif split == "val":
-                raise ValueError("the polyp benchmark has no validation split: pass val_fraction=0.1 (seeded part of "
-                                 "TrainDataset) or use split='test/<name>'")
+                raise ValueError(f"the polyp benchmark has no validation split: pass {reader_arg('val_fraction', 0.1)}"
+                                 " (seeded part of TrainDataset) or use split='test/<name>'")
             self.subset = "TrainDataset"
         else:
             raise ValueError(f"polyp split must be 'train', 'val', 'test' or 'test/<name>', got {split!r}")
@@ -111,7 +112,7 @@ def build_polyp(root=None, split: str = "train", transform=None, subset=None, va
         sets = polyp_test_sets(root, transform, **kwargs)
         if split == "val":
             warn_once("polyp 'val' without val_fraction = the concatenated test sets (VM-UNetV2's model selection, "
-                      "test leakage); pass val_fraction=0.1 to validate on part of TrainDataset")
+                      f"test leakage); pass {reader_arg('val_fraction', 0.1)} to validate on part of TrainDataset")
         ds = ConcatSegDataset(list(sets.values()), list(sets.keys()))
         ds.transform = None  # samples are transformed by the member data sets
         return ds

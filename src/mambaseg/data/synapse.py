@@ -29,6 +29,14 @@ import numpy as np
 
 from .acdc import _check_labels, h5_volume_sources
 from .base import DataError, MissingDataError, SegDataset, VolumeSliceDataset, require_dir
+from .hints import current_style
+
+
+def _carve_hint() -> str:
+    if current_style() == "cli":
+        return "--data.val_split null --data.val_fraction 0.1"
+    return "mambaseg.data.splits.ratio_split"
+
 
 __all__ = ["SynapseDataset", "SYNAPSE_CLASSES"]
 
@@ -143,8 +151,7 @@ def SynapseDataset(root, split: str = "train", transform: Optional[Callable] = N
     if lst is None:
         if split == "val":
             raise ValueError("Synapse has no validation split (no val.txt list found): upstream selects by training "
-                             "loss; carve one out of the training cases with mambaseg.data.splits.ratio_split, or "
-                             "use split='test'")
+                             f"loss; carve one out of the training cases ({_carve_hint()}), or use split='test'")
         files = sorted(d.glob("*.h5"))
         if not files:
             raise DataError(f"{d} holds no .npy.h5 volumes")

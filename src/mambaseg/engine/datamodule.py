@@ -9,6 +9,11 @@ Splits:
 * ``upstream_select_on_test_split=True`` reproduces VM-UNet / VM-UNetV2, which select the best epoch on the test
   set (test-set leakage): the validation loader then *is* the test loader. Off by default.
 
+Before training, ``fit`` checks every split it will read (``check_data``: each file opens, has its mask, sizes
+agree, mask values fit; ``check="full"`` decodes every image) and lists every problem at once, before anything is
+written (``mambaseg check`` runs the same check alone). ``split=[0.8, 0.1, 0.1]`` splits one flat
+``images/ + masks/`` folder (Kvasir-SEG as downloaded) by seeded ratios and saves ``split.json`` in the run.
+
 Shuffling uses a sampler whose order depends only on ``(seed, epoch)``, so a run resumed from a checkpoint sees the
 same batches as an uninterrupted one.
 """
@@ -22,9 +27,23 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from .errors import MambasegUserError
+from mambaseg.data.hints import data_arg
 
-__all__ = ["SegDataModule", "EpochSeededSampler", "collate_cases"]
+from .errors import MambasegUserError, near_matches
+
+__all__ = ["SegDataModule", "EpochSeededSampler", "collate_cases", "DataCheckError"]
+
+
+class DataCheckError(MambasegUserError):
+    """The data check before training found problems (the message lists every one)."""
+
+
+def _check_fix_hint(mode: str) -> str:
+    from mambaseg.data.hints import current_style
+    if current_style() == "cli":
+        return ("Fix or remove these files and run `mambaseg check` with the same --config / --data options to "
+                "see the data again; --data.check none skips the check.")
+    return "Fix or remove these files; check='none' skips the check."
 
 
 class EpochSeededSampler(Sampler):
@@ -122,6 +141,11 @@ class SegDataModule(pl.LightningDataModule):
         drop_last: drop the last incomplete training batch.
         num_classes: label classes incl. background; ``None`` = what the data set reports.
         in_channels: image channels; ``None`` = what the data set reports.
+        check: data check before training (``mambaseg.data.check``): ``"header"`` (default: every file opens,
+            has its mask, sizes agree, mask values fit), ``"full"`` (decode every image too) or ``"none"``.
+        split: ``[train, val, test]`` ratios (or ``[train, val]``) for a reader of one flat ``images/ + masks/``
+            folder (the ``folder`` reader, e.g. Kvasir-SEG as downloaded): a seeded split of the case ids
+            (``seed``), saved as ``split.json`` in the run directory; ``val_split`` then defaults to ``"val"``.
     """
 
     def __init__(self, dataset: str = "synthetic-skin", root: Optional[str] = None,
@@ -131,20 +155,33 @@ class SegDataModule(pl.LightningDataModule):
                  num_workers: int = 0, train_split: str = "train", val_split: Optional[str] = None,
                  test_split: Optional[str] = "test", val_fraction: float = 0.1,
                  upstream_select_on_test_split: bool = False, seed: int = 42, drop_last: bool = False,
-                 num_classes: Optional[int] = None, in_channels: Optional[int] = None):
+                 num_classes: Optional[int] = None, in_channels: Optional[int] = None, check: str = "header",
+                 split: Optional[List[float]] = None):
         super().__init__()
         from mambaseg.data import list_datasets
         names = list(list_datasets()) if callable(list_datasets) else []
         names = [n if isinstance(n, str) else getattr(n, "name", str(n)) for n in names]
         if names and dataset not in names:
-            from .errors import near_matches
             raise MambasegUserError(f"unknown dataset {dataset!r}{near_matches(dataset, names)} "
                                     f"Available: {', '.join(sorted(names))}")
         if root is not None and not os.path.exists(os.path.expanduser(str(root))):
-            raise FileNotFoundError(f"data path {root!r} does not exist; set data.root to the folder holding the "
-                                    f"{dataset!r} data (see `mambaseg datasets` for the expected layout)")
+            raise FileNotFoundError(f"data path {root!r} does not exist; set {data_arg('root', 'FOLDER')} to the "
+                                    f"folder holding the {dataset!r} data (see `mambaseg datasets` for the expected "
+                                    "layout)")
         if not 0.0 <= val_fraction < 1.0:
             raise MambasegUserError(f"val_fraction must be in [0, 1); got {val_fraction}")
+        from mambaseg.data.check import CHECK_MODES
+        if check not in CHECK_MODES:
+            raise MambasegUserError(f"unknown data check {check!r}{near_matches(check, CHECK_MODES)} Choices: "
+                                    f"{', '.join(CHECK_MODES)}")
+        if split is not None:
+            if dataset != "folder":
+                raise MambasegUserError(f"{data_arg('split', list(split))} splits one flat images/ + masks/ folder "
+                                        f"and needs {data_arg('dataset', 'folder')}; the {dataset!r} reader brings "
+                                        "its own splits")
+            if len(split) not in (2, 3) or any(float(v) < 0 for v in split) or sum(float(v) for v in split) <= 0:
+                raise MambasegUserError(f"{data_arg('split', list(split))}: give 3 non-negative ratios (train, val, "
+                                        f"test), e.g. {data_arg('split', [0.8, 0.1, 0.1])}")
         # num_classes / in_channels are the module's hyper-parameters (linked); keep them out of ours
         self.save_hyperparameters(ignore=["num_classes", "in_channels"])
         self.dataset_name = dataset
@@ -153,6 +190,7 @@ class SegDataModule(pl.LightningDataModule):
         self._datasets: Dict[str, Dataset] = {}
         self._num_classes = num_classes
         self._in_channels = in_channels
+        self._val_split = val_split if val_split is not None or split is None else "val"
 
     # ----------------------------------------------------------------------------------------------------------
     def _transform(self, train: bool):
@@ -162,10 +200,67 @@ class SegDataModule(pl.LightningDataModule):
         return preset_transforms(self.hparams.transforms, self.hparams.image_size, train,
                                  seed=self.hparams.seed if train else None)
 
-    def build(self, split: str, train: bool) -> Dataset:
+    def build(self, split: str, train: bool, transform: bool = True, **extra) -> Dataset:
         from mambaseg.data import build_dataset
-        kw = {**self.dataset_kwargs, **dict((self.hparams.split_kwargs or {}).get(split) or {})}
-        return build_dataset(self.dataset_name, root=self.root, split=split, transform=self._transform(train), **kw)
+        kw = {**self.dataset_kwargs, **dict((self.hparams.split_kwargs or {}).get(split) or {}), **extra}
+        if self.hparams.split is not None:
+            kw.setdefault("ratios", tuple(float(v) for v in self.hparams.split))
+            kw.setdefault("seed", self.hparams.seed)
+        return build_dataset(self.dataset_name, root=self.root, split=split,
+                             transform=self._transform(train) if transform else None, **kw)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def splits_used(self, include_test: bool = True) -> Dict[str, str]:
+        """``{role: split name}`` of every split ``fit`` reads (train, val, test)."""
+        hp = self.hparams
+        out = {"train": hp.train_split}
+        if self._val_split is not None and not hp.upstream_select_on_test_split:
+            out["val"] = self._val_split
+        if hp.test_split and (include_test or hp.upstream_select_on_test_split):
+            out["test"] = hp.test_split
+        return out
+
+    def check_data(self, mode: Optional[str] = None, include_test: bool = True):
+        """Check every split used (``mambaseg.data.check``); returns the ``DataReport`` (never raises for bad
+        files: each problem is listed in the report)."""
+        from mambaseg.data.base import DataError
+        from mambaseg.data.check import DataReport, check_splits
+        mode = mode or self.hparams.check
+        if mode == "none":
+            return DataReport(self.dataset_name, self.root, mode)
+        entries: Dict[str, Any] = {}
+        for role, split in self.splits_used(include_test).items():
+            key = role if role == split else f"{role} ({split})"
+            try:
+                entries[key] = self.build(split, train=False, transform=False)
+            except (DataError, FileNotFoundError, ValueError) as e:  # ValueError: e.g. a split name refused
+                entries[key] = str(e)
+                if "have no mask" in str(e) or "have no image" in str(e):
+                    try:  # unpaired files: still check the files that do pair
+                        entries[key] = (self.build(split, train=False, transform=False, strict=False), str(e))
+                    except Exception:
+                        pass
+        return check_splits(entries, mode, self.dataset_name, self.root)
+
+    def raise_if_bad(self, mode: Optional[str] = None, include_test: bool = True, where: str = "") -> None:
+        """Run :meth:`check_data`; raise ``DataCheckError`` listing every problem when any is found."""
+        rep = self.check_data(mode, include_test)
+        if not rep.ok:
+            raise DataCheckError(rep.error_message(where, fix=_check_fix_hint(rep.mode)))
+
+    def _save_split(self) -> None:
+        """With ``split`` ratios: write the case ids of each split to ``<run dir>/split.json`` (rank 0, fit)."""
+        trainer = getattr(self, "trainer", None)
+        if self.hparams.split is None or trainer is None or trainer.global_rank != 0:
+            return
+        from mambaseg.data.splits import save_split
+        data = {}
+        for role, split in self.splits_used().items():
+            ds = self.build(split, train=False, transform=False)
+            data[split] = list(ds.case_ids())
+        data["_ratios"] = [float(v) for v in self.hparams.split]
+        data["_seed"] = [int(self.hparams.seed)]
+        save_split(os.path.join(trainer.default_root_dir, "split.json"), data)
 
     def _reseed_train_transform(self, epoch: int) -> None:
         ds = self._datasets.get("train")
@@ -176,7 +271,14 @@ class SegDataModule(pl.LightningDataModule):
 
     def _probe(self) -> Dataset:
         if "probe" not in self._datasets:
-            self._datasets["probe"] = self.build(self.hparams.train_split, train=False)
+            from mambaseg.data.base import DataError
+            try:
+                self._datasets["probe"] = self.build(self.hparams.train_split, train=False)
+            except DataError:
+                # the training split is unreadable: report every problem of every split, not only this one
+                if self.hparams.check != "none":
+                    self.raise_if_bad()
+                raise
         return self._datasets["probe"]
 
     @property
@@ -203,13 +305,16 @@ class SegDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         hp = self.hparams
         if stage in (None, "fit", "validate") and "train" not in self._datasets:
-            if hp.val_split is None:
+            if self._val_split is None:
                 train, val = self._carve()
             else:
-                train, val = self.build(hp.train_split, train=True), self.build(hp.val_split, train=False)
+                train, val = self.build(hp.train_split, train=True), self.build(self._val_split, train=False)
+            if stage == "fit":
+                self._save_split()
             if hp.upstream_select_on_test_split:
                 if not hp.test_split:
-                    raise MambasegUserError("upstream_select_on_test_split needs data.test_split")
+                    raise MambasegUserError(f"upstream_select_on_test_split needs a test split "
+                                            f"({data_arg('test_split', 'test')})")
                 val = self.build(hp.test_split, train=False)
             self._datasets["train"], self._datasets["val"] = train, val
             if len(train) == 0:
@@ -243,7 +348,8 @@ class SegDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         if "test" not in self._datasets:
-            raise MambasegUserError(f"no test split configured for {self.dataset_name!r}; set data.test_split")
+            raise MambasegUserError(f"no test split configured for {self.dataset_name!r}; set "
+                                    f"{data_arg('test_split', 'test')}")
         return self._eval_loader(self._datasets["test"])
 
     def describe(self) -> Dict[str, Any]:
@@ -285,7 +391,7 @@ def carve_indices(n: int, fraction: float, seed: int, groups: Optional[Sequence[
     order = list(members)
     if len(order) < 2:
         raise MambasegUserError(f"cannot carve a validation split: all {n} training samples belong to one "
-                                f"case ({order[0]!r}); set data.val_split or add cases")
+                                f"case ({order[0]!r}); set {data_arg('val_split', 'val')} or add cases")
     perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(seed)).tolist()
     val = []
     for j in perm[:-1]:                      # always leave at least one group for training

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mambaseg.data.hints import data_arg, model_arg, option
+
 from .errors import CheckpointMismatchError, MambasegUserError, near_matches
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
 
@@ -43,6 +45,40 @@ SELECT_ON = {
 }
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULERS = ("cosine", "poly", "none")
+
+
+def _sizes(image_size):
+    if isinstance(image_size, (list, tuple)) and len(image_size) == 2:
+        return tuple(image_size)
+    return (image_size, image_size)
+
+
+def _check_size_value(image_size) -> None:
+    """Zero, negative or non-integer sizes: refused before the network is built."""
+    for s in _sizes(image_size):
+        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
+            raise MambasegUserError(f"image size {image_size!r} is not a positive integer; use e.g. "
+                                    f"{data_arg('image_size', 256)} or {data_arg('image_size', 224)}")
+
+
+def nearest_valid_sizes(size: int, divisor: int):
+    """The multiples of ``divisor`` nearest to ``size`` (closest first, positive only)."""
+    lo = (size // divisor) * divisor
+    cands = [v for v in (lo, lo + divisor) if v > 0]
+    return sorted(cands, key=lambda v: (abs(v - size), v))
+
+
+def check_image_size(image_size, divisor, model: str = "the model") -> None:
+    """Refuse an input size the network cannot take (H, W must be positive multiples of ``divisor``), naming the
+    nearest valid sizes in the caller's syntax (``--data.image_size 256`` on the command line)."""
+    _check_size_value(image_size)
+    if not divisor:
+        return
+    for s in _sizes(image_size):
+        if s % divisor:
+            near = " or ".join(data_arg("image_size", v) for v in nearest_valid_sizes(s, divisor))
+            raise MambasegUserError(f"image size {s} does not fit {model}: its input sides must be multiples of "
+                                    f"{divisor} (patch embedding and downsampling); nearest valid sizes: {near}")
 
 
 def _check_choice(name: str, value: str, choices) -> str:
@@ -109,6 +145,7 @@ class SegmentationModule(pl.LightningModule):
         if not 0.0 < threshold < 1.0:
             raise MambasegUserError(f"threshold must be in (0, 1); got {threshold}")
         self.save_hyperparameters()
+        _check_size_value(image_size)
         if scan_backend:
             from mambaseg.ops import set_default_backend
             set_default_backend(scan_backend)
@@ -125,6 +162,7 @@ class SegmentationModule(pl.LightningModule):
                 raise
             raise MambasegUserError(f"model.model_kwargs {dict(model_kwargs)!r} do not fit model {model!r}: {e}"
                                     ) from None
+        check_image_size(image_size, getattr(self.net, "downsample_factor", None), model)
         self.loss_name = loss or ("bce_dice" if num_classes == 2 else "ce_dice")
         self.loss_fn = self._build_loss(self.loss_name, dict(loss_kwargs or {}))
         self.test_results: Optional[Dict[str, Any]] = None
@@ -180,7 +218,8 @@ class SegmentationModule(pl.LightningModule):
         max_iters = hp.max_iters or int(self.trainer.estimated_stepping_batches)
         power = hp.poly_power
         if not max_iters or max_iters <= 0 or math.isinf(max_iters):
-            raise MambasegUserError("the poly schedule needs a finite horizon: set model.max_iters or trainer.max_steps")
+            raise MambasegUserError(f"the poly schedule needs a finite horizon: set {model_arg('max_iters', 10000)} "
+                                    f"or {option('trainer.max_steps', 10000)}")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1.0 - it / max_iters) ** power)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

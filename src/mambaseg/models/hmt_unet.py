@@ -177,6 +177,8 @@ class HMTUNet(nn.Module):
             the two high-resolution decoder levels, mirroring the encoder). Default "code".
     """
 
+    downsample_factor = 32  # input H and W must be multiples of it (read by the engine's size check)
+
     def __init__(self, in_channels: int = 3, num_classes: int = 1, dim: int = 80, in_dim: int = 32,
                  depths: Sequence[int] = (1, 3, 8, 4), num_heads: Sequence[int] = (2, 4, 8, 16),
                  window_size: Sequence[int] = (8, 8, 14, 7), mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,

@@ -100,6 +100,8 @@ class VMUNet(nn.Module):
 
     default_input_size = 256
 
+    downsample_factor = 32  # input H and W must be multiples of it (read by the engine's size check)
+
     def __init__(self, in_channels: int = 3, num_classes: int = 1, depths: Sequence[int] = (2, 2, 2, 2),
                  depths_decoder: Sequence[int] = (2, 2, 2, 1), drop_path_rate: float = 0.2, embed_dim: int = 96,
                  d_state: int = 16, gray_to_rgb: bool = True):

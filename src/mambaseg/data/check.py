@@ -1,0 +1,285 @@
+"""Check a data set before training: every file opens, every image has its mask, sizes agree, mask values fit.
+
+``check_dataset(ds, mode)`` walks one split and returns a :class:`SplitReport` (counts, sizes, classes present,
+and *every* problem found, one line each, never only the first). ``mode``:
+
+* ``"header"`` (default): images are opened and their header read (size, mode), PNG chunk checksums verified
+  and JPEG files checked for their end-of-image marker (a truncated download), without decoding the pixels;
+  masks are decoded in full (their values must fit the task). h5 volumes (ACDC, Synapse): both datasets present,
+  shapes from the header, labels read; h5/npz slices and NIfTI volumes are read as the readers read them.
+* ``"full"``: images are decoded too.
+
+The engine runs it on every split ``fit`` uses before the run directory is touched (``--data.check``), and
+``mambaseg check`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple
+
+import numpy as np
+
+from .base import DataError, SegDataset, read_image, read_mask, unique_values
+
+__all__ = ["CHECK_MODES", "SplitReport", "DataReport", "check_dataset", "image_header"]
+
+CHECK_MODES = ("header", "full", "none")
+
+
+@dataclass
+class SplitReport:
+    """What one split holds and what is wrong with it."""
+
+    split: str
+    samples: int = 0
+    files: int = 0
+    sizes: Counter = field(default_factory=Counter)      # (H, W) -> number of images / slices
+    classes: Set[int] = field(default_factory=set)        # class indices present in the masks
+    problems: List[str] = field(default_factory=list)
+    kind: str = ""
+
+    def merge(self, other: "SplitReport") -> None:
+        self.samples += other.samples
+        self.files += other.files
+        self.sizes.update(other.sizes)
+        self.classes |= other.classes
+        self.problems += other.problems
+
+    def size_text(self, n: int = 3) -> str:
+        if not self.sizes:
+            return "-"
+        common = self.sizes.most_common(n)
+        s = ", ".join(f"{h}x{w}" + (f" ({c})" if len(self.sizes) > 1 else "") for (h, w), c in common)
+        return s + (f", ... ({len(self.sizes)} sizes)" if len(self.sizes) > n else "")
+
+    def line(self) -> str:
+        status = "ok" if not self.problems else f"{len(self.problems)} problem(s)"
+        cls = "{" + ", ".join(str(c) for c in sorted(self.classes)) + "}" if self.classes else "-"
+        return (f"{self.split:<14} {self.samples:>7} samples  {self.files:>7} files  sizes {self.size_text()}  "
+                f"classes present {cls}  {status}")
+
+
+@dataclass
+class DataReport:
+    """Reports of every split checked, in order."""
+
+    dataset: str
+    root: Optional[str]
+    mode: str
+    splits: List[SplitReport] = field(default_factory=list)
+
+    @property
+    def problems(self) -> List[str]:
+        return [f"{s.split}: {p}" for s in self.splits for p in s.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        head = f"data check ({self.mode}) of {self.dataset!r}" + (f" at {self.root}" if self.root else "")
+        lines = [head] + ["  " + s.line() for s in self.splits]
+        return "\n".join(lines)
+
+    def error_message(self, where: str = "", fix: str = "") -> str:
+        probs = self.problems
+        files = len(probs)
+        msg = (f"the data check found {files} problem(s) in {self.dataset!r}"
+               f"{' at ' + self.root if self.root else ''}{where}:\n  " + "\n  ".join(probs))
+        return msg + (f"\n{fix}" if fix else "")
+
+
+# --------------------------------------------------------------------------------------------------------------
+def image_header(path, full: bool = False) -> Tuple[int, int]:
+    """``(H, W)`` of an image file, raising :class:`DataError` when it is not a readable, complete image.
+
+    Without ``full`` the pixels are not decoded: PNG chunk CRCs are verified (catches truncation and bit rot),
+    JPEG files must end with the end-of-image marker ``FF D9``. With ``full`` the image is decoded."""
+    if full:
+        arr = read_image(path)
+        return int(arr.shape[0]), int(arr.shape[1])
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    try:
+        if p.stat().st_size == 0:
+            raise DataError(f"image file {p} is empty (0 bytes)")
+        with Image.open(p) as im:
+            w, h = im.size
+            fmt = im.format
+            if fmt == "PNG":
+                im.verify()
+        if fmt == "JPEG":
+            with open(p, "rb") as f:
+                f.seek(max(0, p.stat().st_size - 4096))
+                if b"\xff\xd9" not in f.read():
+                    raise DataError(f"image file {p} is truncated (the JPEG has no end-of-image marker)")
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"image file {p} not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read image file {p} (corrupt or not an image: {e})") from None
+    if w <= 0 or h <= 0:
+        raise DataError(f"image file {p} has size {w}x{h}")
+    return int(h), int(w)
+
+
+def _check_pair_files(ip: Path, mp: Path, ds, full: bool):
+    probs, size, classes = [], None, set()
+    try:
+        size = image_header(ip, full)
+    except DataError as e:
+        probs.append(str(e))
+    try:
+        mask = read_mask(mp, ds.num_classes, getattr(ds, "label_map", None), getattr(ds, "mask_threshold", "auto"))
+        classes = set(unique_values(mask).tolist())
+        if size is not None and tuple(mask.shape) != size:
+            probs.append(f"image {ip} is {size[0]}x{size[1]} but its mask {mp} is {mask.shape[0]}x{mask.shape[1]} "
+                         "(H x W); image and mask must have the same size")
+    except DataError as e:
+        probs.append(str(e))
+    return probs, size, classes, 2
+
+
+def _check_sample(ds, i: int):
+    try:
+        image, mask, meta = ds.load(i)
+    except DataError as e:
+        return [str(e)], None, set(), 1
+    if image.shape[:2] != mask.shape:
+        return [f"sample {meta.get('case_id', i)!r}: image size {tuple(image.shape[:2])} differs from mask size "
+                f"{tuple(mask.shape)}"], None, set(), 1
+    return [], tuple(int(s) for s in mask.shape), set(unique_values(mask).tolist()), 1
+
+
+def _h5_volume_header(path: Path, image_key: str, label_key: str):
+    """Header check of an h5 volume: both datasets present, same 3-D shape; only the labels are read."""
+    import h5py
+
+    if not path.is_file():
+        raise DataError(f"volume file {path} not found")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in (image_key, label_key) if k not in f]
+            if missing:
+                raise DataError(f"{path} has no dataset(s) {missing} (found {list(f.keys())})")
+            shape = tuple(f[image_key].shape)
+            label = np.asarray(f[label_key][()])
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"cannot read h5 file {path} (corrupt or not HDF5: {e})") from None
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected a 3-D volume (D, H, W), got shape {shape}")
+    if label.dtype.kind == "f" and not np.all(label == np.round(label)):
+        raise DataError(f"{path}: label holds non-integer values")
+    return label.astype(np.int64), shape
+
+
+def _check_volume(src, num_classes: int, full: bool = True):
+    from functools import partial
+
+    from .acdc import read_h5_volume
+
+    fn = getattr(src, "_load", None)
+    try:
+        if not full and isinstance(fn, partial) and fn.func is read_h5_volume and len(fn.args) >= 2:
+            path, _nc, *keys = fn.args
+            mask, shape = _h5_volume_header(Path(path), *(keys + ["image", "label"][len(keys):]))
+            if shape != tuple(mask.shape):
+                return [f"{path}: image shape {shape} differs from label shape {tuple(mask.shape)}"], None, set(), 1, 0
+            image_shape = (1,) + shape
+        else:
+            image, mask, _, _ = src.load()
+            image_shape = image.shape
+    except DataError as e:
+        return [str(e)], None, set(), 1, 0
+    probs = []
+    if tuple(image_shape[1:]) != tuple(mask.shape):
+        probs.append(f"volume {src.case_id!r}: image shape {tuple(image_shape[1:])} differs from label shape "
+                     f"{tuple(mask.shape)}")
+    vals = unique_values(np.asarray(mask))
+    bad = vals[(vals < 0) | (vals >= num_classes)]
+    if bad.size:
+        probs.append(f"volume {src.case_id!r}: label values {bad[:16].tolist()} are outside the label set "
+                     f"0..{num_classes - 1} (values found: {vals[:16].tolist()})")
+    return probs, tuple(int(s) for s in mask.shape[1:]), set(vals.tolist()), 1, int(mask.shape[0])
+
+
+def _workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def _run(fn, items, report: SplitReport):
+    with ThreadPoolExecutor(_workers()) as pool:
+        for probs, size, classes, nfiles in pool.map(lambda a: fn(*a), items):
+            report.problems += probs
+            report.files += nfiles
+            report.samples += 1
+            if size is not None:
+                report.sizes[size] += 1
+            report.classes |= classes
+
+
+def check_dataset(ds, mode: str = "header", split: str = "") -> SplitReport:
+    """Check every sample (file) of the 2D data set ``ds`` (module docstring); never raises for bad files."""
+    from torch.utils.data import Subset
+
+    from .acdc import H5SliceDataset
+    from .base import ConcatSegDataset, VolumeSliceDataset
+    from .folders import PairedImageDataset
+
+    if mode not in ("header", "full"):
+        raise ValueError(f"check mode must be 'header' or 'full', got {mode!r}")
+    full = mode == "full"
+    rep = SplitReport(split, kind=type(ds).__name__)
+    while isinstance(ds, Subset):       # a carved split: check the whole data set it is carved from
+        ds = ds.dataset
+    if isinstance(ds, ConcatSegDataset):
+        for name, member in zip(ds.names, ds.datasets):
+            sub = check_dataset(member, mode, f"{split}/{name}")
+            sub.problems = [f"[{name}] {p}" for p in sub.problems]
+            rep.merge(sub)
+        return rep
+    if isinstance(ds, PairedImageDataset):
+        _run(_check_pair_files, [(ip, mp, ds, full) for ip, mp in ds.pairs], rep)
+        return rep
+    if isinstance(ds, VolumeSliceDataset) and not getattr(ds, "generated", False) and \
+            type(ds).__module__ != "mambaseg.data.synthetic":
+        def vol(src):
+            probs, size, classes, nfiles, depth = _check_volume(src, ds.num_classes, full)
+            return probs, size, classes, nfiles
+        _run(vol, [(s,) for s in ds.sources], rep)
+        rep.samples = len(ds)
+        return rep
+    if isinstance(ds, H5SliceDataset) or (isinstance(ds, SegDataset)
+                                          and type(ds).__module__ != "mambaseg.data.synthetic"):
+        _run(lambda i: _check_sample(ds, i), [(i,) for i in range(len(ds))], rep)
+        return rep
+    # generated (synthetic) sets: nothing on disk to check
+    rep.samples = len(ds)
+    rep.kind += " (generated, not checked)"
+    return rep
+
+
+def check_splits(datasets: Dict[str, object], mode: str, dataset: str, root: Optional[str]) -> DataReport:
+    """A :class:`DataReport` over ``{split name: data set or error message or (data set, message)}``, in order;
+    a message stands for a split whose reader refused the folder (missing split, unpaired files) and is reported
+    as its problem."""
+    report = DataReport(dataset, root, mode)
+    for name, ds in datasets.items():
+        if isinstance(ds, str):
+            report.splits.append(SplitReport(name, problems=[ds]))
+        elif isinstance(ds, tuple):  # (the data set of the files that do pair, the pairing problem)
+            rep = check_dataset(ds[0], mode, name)
+            rep.problems.insert(0, ds[1])
+            report.splits.append(rep)
+        else:
+            report.splits.append(check_dataset(ds, mode, name))
+    return report
