@@ -11,8 +11,9 @@ the inputs already hold. Times are min / median of --repeats calls after one war
 numbers of the same run. The reference's backward is super-linear in L (autograd through a Python loop), so it
 is only run where it finishes in reasonable time (--ref-bwd, default the two short shapes).
 
-On CUDA the table also gives the achieved memory bandwidth of the fastest backend, as GB/s and as a fraction
-of the GPU's peak (--peak-gbs, default 3350 GB/s, an H100 SXM's HBM3). Bytes counted, fp32: forward reads u,
+On CUDA the table also gives the achieved memory bandwidth of each backend, as GB/s and as a fraction of the
+device-to-device copy rate measured in the same run (or --peak-gbs). --mamba-ssm-ext DIR adds mamba-ssm's own
+CUDA kernel (built by benchmarks/mamba_ssm_ext.py) as backend "mamba_ssm_ext". Bytes counted, fp32: forward reads u,
 delta, B, C and writes y; backward reads u, delta, B, C, dy and writes du, ddelta, dB, dC (the scan is memory
 bound on a GPU, so this is the number that says how close a kernel is to the hardware).
 """
@@ -45,6 +46,8 @@ def worker(cfg: dict) -> dict:
 
     from mambaseg.ops import selective_scan
 
+    if cfg.get("mamba_ssm_ext"):
+        _register_mamba_ssm_ext(cfg["mamba_ssm_ext"])
     torch.manual_seed(0)
     dev = cfg["device"]
     b, d, l, n, g = cfg["batch"], cfg["d"], cfg["l"], cfg["n"], 4
@@ -99,6 +102,28 @@ def worker(cfg: dict) -> dict:
             "calls": len(timed)}
 
 
+def _register_mamba_ssm_ext(build_dir: str) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import mamba_ssm_ext
+    mamba_ssm_ext.register(mamba_ssm_ext.load_built(build_dir))
+
+
+def measured_copy_gbs() -> float:
+    """Device-to-device copy rate of this GPU, bytes read + written per second (1 GiB, best of 10)."""
+    import torch
+    x = torch.empty(2**28, device="cuda")
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(12):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        y.copy_(x)
+        e.record()
+        torch.cuda.synchronize()
+        best = min(best, s.elapsed_time(e) / 1e3)
+    return 2 * x.numel() * 4 / best / 1e9
+
+
 def run_sub(cfg: dict) -> dict:
     env = dict(os.environ)
     env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
@@ -119,7 +144,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ref-bwd", default="cd", help="shapes where the reference's fwd+bwd is run")
     p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test in seconds")
-    p.add_argument("--peak-gbs", type=float, default=3350.0, help="GPU memory bandwidth for the fraction column")
+    p.add_argument("--peak-gbs", type=float, default=0.0,
+                   help="GPU memory bandwidth for the fraction column; 0 (default): the measured device-to-device "
+                        "copy rate (read + write)")
+    p.add_argument("--mamba-ssm-ext", default=None, metavar="DIR",
+                   help="also time mamba-ssm's CUDA kernel built into DIR by benchmarks/mamba_ssm_ext.py "
+                        "(backend 'mamba_ssm_ext')")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -131,6 +161,11 @@ def main(argv=None) -> int:
     from mambaseg.ops import available_backends
 
     backends = args.backends.split(",") if args.backends else available_backends(args.device)
+    if args.mamba_ssm_ext and "mamba_ssm_ext" not in backends:
+        backends.append("mamba_ssm_ext")
+    if args.device == "cuda" and not args.peak_gbs:
+        args.peak_gbs = measured_copy_gbs()
+        print(f"measured device-to-device copy: {args.peak_gbs:.0f} GB/s (read + write)")
     if "reference" not in backends:
         backends.append("reference")
     fast = [b for b in backends if b != "reference"]
@@ -151,7 +186,7 @@ def main(argv=None) -> int:
                     continue
                 reps = 1 if be == "reference" else args.repeats
                 cfg = dict(device=args.device, batch=args.batch, n=args.n, d=d, l=l, backend=be, mode=mode,
-                           repeats=reps, budget_s=60)
+                           repeats=reps, budget_s=60, mamba_ssm_ext=args.mamba_ssm_ext)
                 res[be, mode] = run_sub(cfg)
         ref_f, ref_b = res["reference", "fwd"], res["reference", "fwd+bwd"]
         for be in ["reference", *fast]:

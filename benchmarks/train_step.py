@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--backend", default=None, help="scan backend (default: auto)")
+    p.add_argument("--mamba-ssm-ext", default=None, metavar="DIR",
+                   help="register mamba-ssm's CUDA kernel built into DIR by benchmarks/mamba_ssm_ext.py as backend "
+                        "'mamba_ssm_ext' (then --backend mamba_ssm_ext swaps it in)")
     args = p.parse_args(argv)
 
     import torch
@@ -45,6 +48,11 @@ def main(argv=None) -> int:
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here; use --device cpu", file=sys.stderr)
         return 2
+    if args.mamba_ssm_ext:
+        import os
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import mamba_ssm_ext
+        mamba_ssm_ext.register(mamba_ssm_ext.load_built(args.mamba_ssm_ext))
     if args.backend:
         set_default_backend(args.backend)
     print(f"device={torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, batch={args.batch}, "
