@@ -214,10 +214,29 @@ def test_bad_input_fails_with_one_line_before_any_work(tmp_path, capsys, argv, m
     assert not out.exists()
 
 
+def test_a_run_killed_during_its_test_is_tested_again_without_training(compared, monkeypatch):
+    """Runs last (it changes the shared compare): a run whose test summary is missing is resumed from its final
+    checkpoint, trains no step, and is tested again with the same best checkpoint (same numbers)."""
+    out = compared["out"]
+    run = out / "runs" / "vmunet" / "seed1"
+    before = json.loads((run / "test" / "summary.json").read_text())["metrics"]
+    (run / "test" / "summary.json").unlink()
+    states = []
+    orig = cmp.run_one
+    monkeypatch.setattr(cmp, "run_one", lambda spec, callbacks=(): states.append(orig(spec, callbacks)) or states[-1])
+    assert main(compare_argv(out)) == 0
+    assert [s["key"] for s in states] == ["vmunet/seed1"] and states[0]["state"] == "resumed"
+    after = json.loads((run / "test" / "summary.json").read_text())["metrics"]
+    assert after["dice"] == pytest.approx(before["dice"], abs=1e-12)
+    logs = [d / "metrics.csv" for d in run.iterdir() if d.name.startswith("resume-")]
+    with open(logs[0]) as f:
+        assert not [r for r in csv.DictReader(f) if r.get("train/loss_epoch")]  # no training after the resume
+
+
 @pytest.mark.slow
 def test_ray_launcher_runs_each_run_as_a_ray_task(tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra: pip install mambaseg[compare])")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # one worker: torch imported once
     try:
         out = tmp_path / "out"
         assert main(compare_argv(out, "unet,vmunet", "1", "--launcher", "ray") +

@@ -170,8 +170,6 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         if key in COMPARE_OWNED_KEYS:
             raise MambasegUserError(f"{key} is set by `mambaseg compare` for every run; use --models, "
                                     "--model_kwargs, --seeds or --out instead")
-        if key.startswith("--data.val_split") or key.startswith("--data.upstream_select_on_test_split"):
-            pass  # allowed (checked on the parsed config below)
 
 
 class _DryCLI:
@@ -436,7 +434,12 @@ def _launch_local(specs: List[RunSpec], log: Callable[[str], None]) -> List[Dict
     done = []
     for i, r in enumerate(specs, 1):
         log(f"[compare] run {i}/{len(specs)}: {r.key}")
-        done.append(run_one(asdict(r)))
+        try:
+            done.append(run_one(asdict(r)))
+        except BaseException as e:
+            log(f"[compare] run {r.key} stopped ({type(e).__name__}: {str(e)[:200]}); run the same command again "
+                "to resume (finished runs are kept, this one continues from its last checkpoint)")
+            raise
     return done
 
 
@@ -764,7 +767,9 @@ def _write_report(out, plan, results, table_md, box) -> None:
                                        for lb in labels),
              f"- seeds: {plan['seeds']}" + (f"; folds: {plan['folds']}" if plan["folds"] else "; no folds") +
              f"; {len(plan['runs'])} runs; launcher: {plan['launcher']}"
-             + (f"; wall time {results['wall_seconds']} s" if results.get("wall_seconds") is not None else ""),
+             + (f"; wall time of this invocation {results['wall_seconds']} s" if results.get("wall_seconds")
+                is not None else "")
+             + f"; sum of the runs' fit times {sum(float(r['fit_seconds'] or 0) for r in results['runs']):.0f} s",
              f"- data: {p['dataset']} (root {p['root']}); training cases: the {p['train_split']!r} split minus the "
              f"validation cases; validation: {p['validation']}; test: the {p['test_split']!r} split "
              f"({p['n_test_cases']} cases, the same for every run)",
