@@ -190,6 +190,27 @@ def test_fold_split_keeps_each_volumes_slices_on_one_side(tmp_path):
     assert sorted(got["train"]) == sorted(sp["train"]) and sorted(got["val"]) == sorted(sp["val"])
 
 
+def test_a_fold_plan_gives_every_model_the_same_fold_splits(tmp_path):
+    """--folds 2 x 2 seeds, planned only (nothing trained or written): 8 runs, one split per (seed, fold)."""
+    tiny = TINY[:TINY.index("--data.val_split")] + ["--data.dataset", "synthetic-cardiac",
+                                                     "--data.dataset_kwargs", '{"size": 32, "depth": 2}',
+                                                     "--data.split_kwargs", '{"train": {"num_samples": 5}, '
+                                                                            '"test": {"num_samples": 2}}']
+    plan = cmp.plan_compare("demo", "unet,vmunet", "2", folds=2, out=str(tmp_path / "out"), overrides=tiny,
+                            model_kwargs=MODEL_KWARGS)
+    assert not (tmp_path / "out").exists()
+    assert sorted(plan.splits) == ["seed0_fold0", "seed0_fold1", "seed1_fold0", "seed1_fold1"]
+    assert len(plan.runs) == 8 and {r.key for r in plan.runs} >= {"unet/seed1_fold0", "vmunet/seed1_fold1"}
+    for seed in (0, 1):
+        f0, f1 = plan.splits[f"seed{seed}_fold0"], plan.splits[f"seed{seed}_fold1"]
+        assert sorted(f0["val"] + f1["val"]) == sorted(f0["train"] + f0["val"]) and not set(f0["val"]) & set(f1["val"])
+        vols = lambda ids: {c.rpartition("_slice")[0] for c in ids}
+        assert not vols(f0["train"]) & vols(f0["val"])
+    for r in plan.runs:  # both models of a (seed, fold) point at the same split file
+        assert r.argv[r.argv.index("--data.split_file") + 1].endswith(f"splits/{r.key.split('/')[1]}.json")
+    assert "whole volumes per fold" in plan.protocol["validation"]
+
+
 def test_holm_and_rank_biserial_match_hand_computed_cases():
     # p sorted 0.01, 0.03, 0.04 -> 3*0.01, max(.03, 2*0.03), max(.06, 1*0.04)
     assert cmp.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
