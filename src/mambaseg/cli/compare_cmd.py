@@ -20,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mambaseg compare", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="mambaseg compare", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Train and test several models over seeds (and folds) under one config's protocol (model "
                     "selection on validation data only), then report mean ± std over runs and per-case Wilcoxon "
                     "signed-rank tests (Holm-corrected, with effect sizes) against a reference model.",
