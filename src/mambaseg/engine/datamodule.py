@@ -212,6 +212,9 @@ class SegDataModule(pl.LightningDataModule):
     def _from_split_file(self):
         from mambaseg.data.splits import load_split
         split = load_split(os.path.expanduser(str(self.hparams.split_file)))
+        if not isinstance(split, dict):
+            raise MambasegUserError(f"data.split_file {self.hparams.split_file!r} holds a list of folds; pass one "
+                                    'fold\'s {"train": [...], "val": [...]} (e.g. from mambaseg.data.splits.load_split)')
         full_train = self.build(self.hparams.train_split, train=True)
         ids = [str(c) for c in full_train.case_ids()]
         pos = {c: i for i, c in enumerate(ids)}
