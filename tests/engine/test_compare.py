@@ -260,13 +260,15 @@ def test_ray_launcher_runs_each_run_as_a_ray_task(tmp_path):
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # one worker: torch imported once
     try:
         out = tmp_path / "out"
-        assert main(compare_argv(out, "unet,vmunet", "1", "--launcher", "ray") +
-                    ["--trainer.max_epochs", "1"]) == 0
+        argv = compare_argv(out, "a=unet,b=unet", "1", "--launcher", "ray") + ["--trainer.max_epochs", "1"]
+        i = argv.index("--model_kwargs") + 1  # the launcher is under test, not the models: two tiny U-Nets
+        argv[i] = json.dumps({"a": {"base_channels": 4}, "b": {"base_channels": 2}})
+        assert main(argv) == 0
     finally:
         ray.shutdown()
     res = json.loads((out / "results.json").read_text())
     assert res["plan"]["launcher"] == "ray" and len(res["runs"]) == 2
     for r in res["runs"]:
-        summ = json.loads((tmp_path / "out" / "runs" / r["label"] / "seed0" / "test" / "summary.json").read_text())
+        summ = json.loads((out / "runs" / r["label"] / "seed0" / "test" / "summary.json").read_text())
         assert res["per_model"][r["label"]]["metrics"]["dice"]["mean"] == pytest.approx(summ["metrics"]["dice"])
         assert json.loads((out / "runs" / r["label"] / "seed0" / "run.json").read_text())["epochs"] == 1
