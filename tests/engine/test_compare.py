@@ -272,3 +272,26 @@ def test_ray_launcher_runs_each_run_as_a_ray_task(tmp_path):
         summ = json.loads((out / "runs" / r["label"] / "seed0" / "test" / "summary.json").read_text())
         assert res["per_model"][r["label"]]["metrics"]["dice"]["mean"] == pytest.approx(summ["metrics"]["dice"])
         assert json.loads((out / "runs" / r["label"] / "seed0" / "run.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.parametrize("trainer, expected", [
+    ({"devices": 1}, False), ({"devices": "1"}, False), ({"devices": [0]}, False), ({"devices": 2}, True),
+    ({"devices": "0,1"}, True), ({"devices": 1, "strategy": "ddp"}, True), ({"devices": 1, "num_nodes": 2}, True),
+    ({"devices": 2, "strategy": "ddp_spawn"}, True), ({"devices": 1, "strategy": "ddp_spawn"}, False),
+])
+def test_multi_process_runs_are_detected(trainer, expected):
+    assert cmp._multi_process(trainer) is expected
+
+
+@pytest.mark.slow
+def test_a_subprocess_run_is_a_plain_mambaseg_fit_process(tmp_path):
+    """--subprocess (automatic for DDP runs): the run is `python -m mambaseg fit ...` in its own process."""
+    from dataclasses import asdict
+    plan = cmp.plan_compare("demo", "a=unet,b=unet", "1", out=str(tmp_path / "out"),
+                            overrides=TINY + ["--trainer.max_epochs", "1"], subprocess=True,
+                            model_kwargs={"a": {"base_channels": 2}, "b": {"base_channels": 2}})
+    assert all(r.subprocess for r in plan.runs)
+    cmp.write_plan(plan)
+    res = cmp.run_one(asdict(plan.runs[0]))
+    assert res["state"] == "trained" and cmp.run_state(plan.runs[0].run_dir) == "done"
+    assert cmp.run_one(asdict(plan.runs[0]))["state"] == "done"  # finished: not started again

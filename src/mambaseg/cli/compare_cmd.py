@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "model, none for the others")
     p.add_argument("--launcher", choices=["local", "ray"], default="local",
                    help="local: one run after another here; ray: one Ray task per run (pip install mambaseg[compare])")
+    p.add_argument("--subprocess", action="store_true", default=None,
+                   help="run each run as its own `python -m mambaseg fit` process (automatic for multi-process DDP "
+                        "runs: trainer.devices > 1)")
     p.add_argument("--ray_address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     p.add_argument("--cpus_per_run", type=float, default=1.0, help="Ray: CPUs reserved per run")
     p.add_argument("--gpus_per_run", type=float, default=0.0, help="Ray: GPUs reserved per run")
@@ -63,6 +66,6 @@ def main(argv: List[str]) -> int:
             raise MambasegUserError("--model_kwargs must be a JSON object {label: {kwarg: value}}")
     command = "mambaseg " + shlex.join(["compare", *argv])
     plan = plan_compare(args.config, args.models, args.seeds, args.folds, args.out, overrides, mk,
-                        args.reference, args.launcher, command=command)
+                        args.reference, args.launcher, command=command, subprocess=args.subprocess)
     run_compare(plan, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
     return 0

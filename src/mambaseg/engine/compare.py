@@ -75,6 +75,7 @@ class RunSpec:
     run_dir: str
     split_file: str
     argv: List[str]                        # `mambaseg fit` arguments (without --resume)
+    subprocess: bool = False               # run as `python -m mambaseg fit ...` (multi-process DDP runs)
 
     @property
     def key(self) -> str:
@@ -188,8 +189,13 @@ class _DryCLI:
 
 def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = None, out: str = "runs/compare",
                  overrides: Sequence[str] = (), model_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
-                 reference: Optional[str] = None, launcher: str = "local", command: str = "") -> ComparePlan:
-    """Validate everything and build the plan (splits computed in memory); writes nothing."""
+                 reference: Optional[str] = None, launcher: str = "local", command: str = "",
+                 subprocess: Optional[bool] = None) -> ComparePlan:
+    """Validate everything and build the plan (splits computed in memory); writes nothing.
+
+    ``subprocess``: run each run as its own ``python -m mambaseg fit`` process; default: only when the trainer
+    would start several processes (DDP: ``trainer.devices`` > 1 or ``auto``/-1 on a GPU machine, a ``ddp``
+    strategy, several nodes), because Lightning's DDP launcher re-runs the command line of the process."""
     import yaml
     from mambaseg.cli.main import resolve_config_path
     from mambaseg.models import list_models
@@ -314,9 +320,32 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
             if not use_named_val:
                 argv += ["--data.val_split", "null", "--data.split_file", split_file]
             argv += ["--run_dir", run_dir]
-            plan.runs.append(RunSpec(lb, m, s, f, run_dir, split_file, argv))
+            plan.runs.append(RunSpec(lb, m, s, f, run_dir, split_file, argv,
+                                     _multi_process(cfg.trainer) if subprocess is None else bool(subprocess)))
     _check_against_previous(plan)
     return plan
+
+
+def _multi_process(trainer) -> bool:
+    """Would this trainer config start several processes (DDP)?"""
+    devices, strategy = trainer.get("devices", "auto"), str(trainer.get("strategy") or "auto")
+    if int(trainer.get("num_nodes") or 1) > 1 or "ddp" in strategy and "spawn" not in strategy:
+        return True
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if str(devices) in ("auto", "-1"):
+        try:
+            import torch
+            return torch.cuda.device_count() > 1
+        except Exception:  # pragma: no cover
+            return False
+    d = str(devices)
+    if "," in d:
+        return len([x for x in d.split(",") if x.strip()]) > 1
+    try:
+        return int(d) > 1
+    except ValueError:
+        return False
 
 
 def _check_against_previous(plan: ComparePlan) -> None:
@@ -423,11 +452,26 @@ def run_one(spec: Dict[str, Any], callbacks: Sequence[Any] = ()) -> Dict[str, An
     print(f"[compare] {key}: {'resuming from checkpoints/last.ckpt' if state == 'resume' else 'training'}",
           flush=True)
     t0 = time.time()
-    extra = {"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}
-    MambaSegCLI(args=argv, **extra)
+    if spec.get("subprocess"):
+        import subprocess
+        if callbacks:
+            raise ValueError("extra callbacks need an in-process run (subprocess=False)")
+        env = dict(os.environ, PYTHONPATH=_pythonpath())  # the child imports this same mambaseg
+        rc = subprocess.call([sys.executable, "-m", "mambaseg", *argv], env=env)
+        if rc != 0:
+            raise RuntimeError(f"run {key}: `mambaseg fit` exited with code {rc}; rerun the compare to resume")
+    else:
+        extra = {"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}
+        MambaSegCLI(args=argv, **extra)
     if run_state(run_dir) != "done":
         raise RuntimeError(f"run {key} ended without test/summary.json (interrupted?); rerun the compare to resume")
     return {"key": key, "state": "resumed" if state == "resume" else "trained", "seconds": round(time.time() - t0, 2)}
+
+
+def _pythonpath() -> str:
+    """PYTHONPATH with the folder holding this ``mambaseg`` package first (for child processes / Ray workers)."""
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH", "")) if p)
 
 
 def _launch_local(specs: List[RunSpec], log: Callable[[str], None]) -> List[Dict[str, Any]]:
@@ -455,9 +499,7 @@ def _launch_ray(specs: List[RunSpec], log: Callable[[str], None], address: Optio
                 cpus_per_run: float = 1.0, gpus_per_run: float = 0.0) -> List[Dict[str, Any]]:
     import ray
     if not ray.is_initialized():
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        pp = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(address=address, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pp}})
+        ray.init(address=address, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
     task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=1)(_ray_entry)
     pending = {task.remote(asdict(r)): r for r in specs}
     log(f"[compare] submitted {len(pending)} run(s) to Ray ({ray.cluster_resources()})")
