@@ -14,8 +14,12 @@ What it does, in order:
    with ``--folds K`` the training cases are split K-fold (seeded by the run's seed: repeated K-fold) and fold
    ``f`` validates. Both keep each volume's slices on one side (slice case ids ``<volume>_slice_<k>``).
 3. **Runs**, by a launcher: ``local`` (default) runs them one after another in this process; ``ray`` submits
-   each run as a Ray task (``ray.init(address=...)``: a local cluster, or one started with ``ray start``), so a
-   run may use its own GPU(s) and stays a plain Lightning run (multi-GPU DDP inside one run as with ``fit``).
+   each run as a Ray task (``ray.init(address=...)``: a local cluster, or one started with ``ray start``;
+   ``--gpus_per_run`` / ``--cpus_per_run`` reserve its resources), so a run may use its own GPU(s) and stays a
+   plain Lightning run. A run whose trainer starts several processes (DDP: ``trainer.devices`` > 1, a ``ddp``
+   strategy, several nodes) is started as its own ``python -m mambaseg fit ...`` process (``--subprocess``
+   forces this for every run), because Lightning's DDP launcher re-runs the command line of its process: so
+   multi-GPU DDP inside one run works as it does with ``fit``.
    Run again, the same command **resumes**: a run with its ``test/summary.json`` is never retrained; a run with
    ``checkpoints/last.ckpt`` continues from it (``fit --resume true``); a run directory with neither (killed
    before its first checkpoint) is moved aside to ``<run>.incomplete-<n>`` and started afresh.
