@@ -803,6 +803,18 @@ def _box_plot(out: str, labels, case_vals) -> Optional[str]:
     return path
 
 
+def _collapse_notes(results) -> List[str]:
+    """Runs whose test Dice is 0 (nothing or only wrong pixels predicted): say so, since the config's empty-mask
+    policy may score their HD95 as 0, which reads as perfect."""
+    bad = [f"{r['label']}/{_run_name(r['seed'], r['fold'])}" for r in results["runs"]
+           if math.isfinite(r["metrics"].get("dice", float("nan"))) and r["metrics"]["dice"] <= 1e-12]
+    if not bad:
+        return []
+    return [f"- **warning**: test Dice 0 in {len(bad)} run(s) ({', '.join(bad)}): the model predicted no correct "
+            "foreground (collapsed?); under the config's empty-mask policy an empty prediction may score HD95 = 0, "
+            "which pulls the HD95 mean down. Look at those runs before reading the HD95 column."]
+
+
 def _write_report(out, plan, results, table_md, box) -> None:
     p = plan["protocol"]
     labels, ref = plan["labels"], plan["reference"]
@@ -821,7 +833,7 @@ def _write_report(out, plan, results, table_md, box) -> None:
              f"({p['n_test_cases']} cases, the same for every run)",
              f"- model selection: `{p['select_on']}` on the validation cases only (best.ckpt), tested once on the "
              "test split; the same split for every model of one seed/fold (`splits/`)",
-             f"- metrics: {results['metric_semantics']}; {results['std']}", "",
+             f"- metrics: {results['metric_semantics']}; {results['std']}",] + _collapse_notes(results) + ["",
              "## Test metrics (mean ± std over runs)", "", table_md, "",
              f"## Paired tests against `{ref}` (per case)", "", results["paired_tests_note"] + ".", "",
              "| model | metric | cases | mean diff | median diff | W | p | p (Holm) | rank-biserial r |",
