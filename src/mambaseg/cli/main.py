@@ -11,6 +11,7 @@ Subcommands::
     mambaseg check    --config CONFIG --data.root DIR [--data.check full]   (the data check of fit, alone)
     mambaseg demo     [--out DIR] [--fast]
     mambaseg profile  MODEL ...
+    mambaseg compare  --config CONFIG --models a,b --seeds 3 [--folds 5] --out DIR [--launcher ray]
 
 ``CONFIG`` is a YAML path or the name of a shipped config (``mambaseg configs`` lists them; ``demo``,
 ``vmunet_isic17``, ...). Bad input (unknown model or key, missing path, mismatching checkpoint, a run directory that
@@ -186,6 +187,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_parser("configs", help="list the shipped configs")
     sub.add_parser("check", help="check the data of a config (every split, file, mask) without training",
                    add_help=False)
+    sub.add_parser("compare", add_help=False,
+                   help="models x seeds (x folds): mean ± std, paired tests, report (`mambaseg compare --help`)")
     from . import predict_cmd, demo_cmd
     predict_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
@@ -209,6 +212,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("MAMBASEG_DEBUG", "") not in ("", "0")
     try:
+        if argv and argv[0] == "compare":  # models x seeds (x folds), mean ± std, paired tests (issue 20)
+            from . import compare_cmd
+            return compare_cmd.main(argv[1:])
         if argv and argv[0] in LIGHTNING_COMMANDS:
             from .lightning_cli import run_cli
             try:

@@ -6,6 +6,9 @@ Splits:
 * ``train_split`` trains; ``test_split`` is the held-out test set.
 * Model selection uses ``val_split`` when the data set has one (ACDC), otherwise ``val_fraction`` of the training
   cases, carved with a seeded permutation (the carved cases use the evaluation transform).
+* ``split_file`` (a JSON ``{"train": [case ids], "val": [case ids]}`` of ``train_split`` cases, as
+  ``mambaseg compare`` writes for each seed / fold) fixes the train / validation cases explicitly; it replaces
+  ``val_split`` / ``val_fraction``.
 * ``upstream_select_on_test_split=True`` reproduces VM-UNet / VM-UNetV2, which select the best epoch on the test
   set (test-set leakage): the validation loader then *is* the test loader. Off by default.
 
@@ -140,6 +143,8 @@ class SegDataModule(pl.LightningDataModule):
         seed: seed of the carved split and of the shuffling.
         drop_last: drop the last incomplete training batch.
         num_classes: label classes incl. background; ``None`` = what the data set reports.
+        split_file: JSON ``{"train": [...], "val": [...]}`` naming the ``train_split`` case ids of each side
+            (replaces ``val_split`` / ``val_fraction``; other keys of the file are ignored).
         in_channels: image channels; ``None`` = what the data set reports.
         check: data check before training (``mambaseg.data.check``): ``"header"`` (default: every file opens,
             has its mask, sizes agree, mask values fit), ``"full"`` (decode every image too) or ``"none"``.
@@ -156,7 +161,7 @@ class SegDataModule(pl.LightningDataModule):
                  test_split: Optional[str] = "test", val_fraction: float = 0.1,
                  upstream_select_on_test_split: bool = False, seed: int = 42, drop_last: bool = False,
                  num_classes: Optional[int] = None, in_channels: Optional[int] = None, check: str = "header",
-                 split: Optional[List[float]] = None):
+                 split: Optional[List[float]] = None, split_file: Optional[str] = None):
         super().__init__()
         from mambaseg.data import list_datasets
         names = list(list_datasets()) if callable(list_datasets) else []
@@ -168,6 +173,9 @@ class SegDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"data path {root!r} does not exist; set {data_arg('root', 'FOLDER')} to the "
                                     f"folder holding the {dataset!r} data (see `mambaseg datasets` for the expected "
                                     "layout)")
+        if split_file is not None and not os.path.isfile(os.path.expanduser(str(split_file))):
+            raise FileNotFoundError(f"data.split_file {split_file!r} does not exist; pass a JSON file "
+                                    '{"train": [case ids], "val": [case ids]} or leave it unset')
         if not 0.0 <= val_fraction < 1.0:
             raise MambasegUserError(f"val_fraction must be in [0, 1); got {val_fraction}")
         from mambaseg.data.check import CHECK_MODES
@@ -302,10 +310,37 @@ class SegDataModule(pl.LightningDataModule):
         val = Subset(self.build(self.hparams.train_split, train=False), val_idx) if val_idx else None
         return train, val
 
+    def _from_split_file(self):
+        from mambaseg.data.splits import load_split
+        split = load_split(os.path.expanduser(str(self.hparams.split_file)))
+        if not isinstance(split, dict):
+            raise MambasegUserError(f"data.split_file {self.hparams.split_file!r} holds a list of folds; pass one "
+                                    'fold\'s {"train": [...], "val": [...]} (e.g. from mambaseg.data.splits.load_split)')
+        full_train = self.build(self.hparams.train_split, train=True)
+        ids = [str(c) for c in full_train.case_ids()]
+        pos = {c: i for i, c in enumerate(ids)}
+        idx = {}
+        for side in ("train", "val"):
+            names = [str(c) for c in split.get(side) or []]
+            missing = [c for c in names if c not in pos]
+            if missing:
+                raise MambasegUserError(f"data.split_file {self.hparams.split_file!r}: {len(missing)} {side} case "
+                                        f"id(s) are not in the {self.hparams.train_split!r} split of "
+                                        f"{self.dataset_name!r} (first: {missing[0]!r}); the file belongs to other data")
+            idx[side] = sorted(pos[c] for c in names)
+        if not idx["train"] or set(idx["train"]) & set(idx["val"]):
+            raise MambasegUserError(f"data.split_file {self.hparams.split_file!r}: needs a non-empty 'train' list "
+                                    "disjoint from 'val'")
+        train = Subset(full_train, idx["train"])
+        val = Subset(self.build(self.hparams.train_split, train=False), idx["val"]) if idx["val"] else None
+        return train, val
+
     def setup(self, stage: Optional[str] = None) -> None:
         hp = self.hparams
         if stage in (None, "fit", "validate") and "train" not in self._datasets:
-            if self._val_split is None:
+            if hp.split_file:
+                train, val = self._from_split_file()
+            elif self._val_split is None:
                 train, val = self._carve()
             else:
                 train, val = self.build(hp.train_split, train=True), self.build(self._val_split, train=False)
@@ -354,6 +389,8 @@ class SegDataModule(pl.LightningDataModule):
 
     def describe(self) -> Dict[str, Any]:
         d = {"dataset": self.dataset_name, "root": self.root, "image_size": self.hparams.image_size}
+        if self.hparams.get("split_file"):
+            d["split_file"] = self.hparams.split_file
         for k, ds in self._datasets.items():
             if k != "probe":
                 d[f"n_{k}"] = len(ds)
