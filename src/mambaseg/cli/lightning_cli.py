@@ -20,15 +20,14 @@ import re
 import time
 from typing import Any, List, Optional
 
-import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from mambaseg.engine.datamodule import SegDataModule
-from mambaseg.engine.errors import CheckpointMismatchError
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
-from mambaseg.engine.runs import (EpochSeedCallback, RunInfoCallback, check_run_dir, is_child_process,
-                                  make_checkpoint_callbacks, next_free_dir, write_test_outputs)
+from mambaseg.engine.io import AtomicCheckpointIO, check_mambaseg_checkpoint, check_writable, load_checkpoint
+from mambaseg.engine.runs import (RandomStateCallback, ResumeHintCallback, RunInfoCallback, check_run_dir,
+                                  is_child_process, make_checkpoint_callbacks, next_free_dir, write_test_outputs)
 
 __all__ = ["MambaSegCLI", "MambaSegArgumentParser", "run_cli"]
 
@@ -87,6 +86,7 @@ class MambaSegCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, **kwargs):
         self._out_dir: Optional[str] = None
         self._resume_from: Optional[str] = None
+        self._args = [str(a) for a in args] if isinstance(args, (list, tuple)) else []
         super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
                          parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
                          auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
@@ -135,12 +135,18 @@ class MambaSegCLI(LightningCLI):
                 os.path.join("runs", f"{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
             os.environ["MAMBASEG_RUN_DIR"] = run_dir  # DDP children (started later) inherit the same directory
             if not child:
+                # a read-only run folder is refused before anything is read, built or written
+                check_writable(run_dir, "run directory", "--run_dir")
+                check_writable(os.path.join(run_dir, "checkpoints"), "checkpoint folder", "--run_dir")
                 resume_ckpt = check_run_dir(run_dir, bool(cfg.get("resume")))
                 if resume_ckpt and not cfg.get("ckpt_path"):
                     cfg.ckpt_path = resume_ckpt
                 self._resume_from = resume_ckpt
+                if resume_ckpt:
+                    os.environ["MAMBASEG_RESUME_CKPT"] = resume_ckpt
             elif cfg.get("resume"):
-                self._resume_from = os.path.join(run_dir, "checkpoints", "last.ckpt")
+                self._resume_from = os.environ.get("MAMBASEG_RESUME_CKPT") or \
+                    os.path.join(run_dir, "checkpoints", "last.ckpt")
                 cfg.ckpt_path = cfg.get("ckpt_path") or self._resume_from
             self._out_dir = run_dir
         else:
@@ -150,6 +156,8 @@ class MambaSegCLI(LightningCLI):
                 base = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
             base = base or os.path.join("runs", "eval")
             self._out_dir = os.path.join(base, sub) if child else next_free_dir(os.path.join(base, sub))
+            if not child:
+                check_writable(self._out_dir, f"{sub} output folder", "--run_dir")
         cfg.trainer.default_root_dir = self._out_dir
         ckpt = cfg.get("ckpt_path") if sub else None
         if ckpt and ckpt not in ("best", "last") and not os.path.isfile(ckpt):
@@ -164,8 +172,15 @@ class MambaSegCLI(LightningCLI):
             seed = self._get(self.config, "seed_everything")
             seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
             callbacks += make_checkpoint_callbacks(self._out_dir, self.model.hparams.select_on)
-            callbacks += [EpochSeedCallback(seed), RunInfoCallback(self._out_dir)]
+            callbacks += [RandomStateCallback(seed), RunInfoCallback(self._out_dir),
+                          ResumeHintCallback(self._out_dir, self._args)]
         kwargs.setdefault("callbacks", callbacks)
+        # every checkpoint is written atomically and read with weights_only=True (mambaseg.engine.io)
+        plugins = trainer_cfg.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint") for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
         if sub in ("validate", "test"):
             kwargs["enable_checkpointing"] = False  # evaluation writes no checkpoints
         if trainer_cfg.get("logger") in (None, True):
@@ -183,10 +198,8 @@ class MambaSegCLI(LightningCLI):
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
         if not ckpt or ckpt in ("best", "last"):
             return
-        try:
-            data = torch.load(ckpt, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise CheckpointMismatchError(f"cannot read checkpoint {ckpt!r}: {e}") from None
+        data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
+        check_mambaseg_checkpoint(data, ckpt)
         check_checkpoint_compatible(data, self.model.hparams, where=f"checkpoint {ckpt!r}")
 
     def before_fit(self) -> None:
@@ -205,7 +218,7 @@ class MambaSegCLI(LightningCLI):
             return
         ckpt_cb = trainer.checkpoint_callback
         ckpt = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=False)
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=True)
         if trainer.global_rank == 0:
             sel = self.model.hparams.select_on
             notes = [f"model selection: {sel} ({'best' if ckpt else 'last'} checkpoint)",

@@ -26,8 +26,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from mambaseg.engine.io import check_writable
     from mambaseg.engine.predict import load_module, predict_paths
     out = args.out
+    check_writable(out, "output folder", "--out")  # before the checkpoint is read or anything is written
     for sub in ("masks", "overlays"):
         d = os.path.join(out, sub)
         if os.path.isdir(d) and any(True for _ in os.scandir(d)):

@@ -9,8 +9,9 @@ Splits:
 * ``upstream_select_on_test_split=True`` reproduces VM-UNet / VM-UNetV2, which select the best epoch on the test
   set (test-set leakage): the validation loader then *is* the test loader. Off by default.
 
-Shuffling uses a sampler whose order depends only on ``(seed, epoch)``, so a run resumed from a checkpoint sees the
-same batches as an uninterrupted one.
+Shuffling uses a sampler whose order depends only on ``(seed, epoch)``, and each training sample's augmentation is
+seeded from ``(seed, epoch, index)`` where it is loaded (main process or worker, persistent or not), so a run resumed
+from a checkpoint sees the same batches, augmented the same way, as an uninterrupted one, with any ``num_workers``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .errors import MambasegUserError
 
-__all__ = ["SegDataModule", "EpochSeededSampler", "collate_cases"]
+__all__ = ["SegDataModule", "EpochSeededSampler", "EpochSeededSamples", "collate_cases"]
 
 
 class EpochSeededSampler(Sampler):
@@ -34,8 +35,9 @@ class EpochSeededSampler(Sampler):
     augmentations too depend only on ``(seed, epoch)`` (in the main process; workers reseed from their seed).
     """
 
-    def __init__(self, n: int, seed: int = 0, on_epoch=None):
+    def __init__(self, n: int, seed: int = 0, on_epoch=None, with_epoch: bool = False):
         self.n, self.seed, self.epoch, self.on_epoch = int(n), int(seed), 0, on_epoch
+        self.with_epoch = bool(with_epoch)  # yield (epoch, index) pairs, for ``EpochSeededSamples``
         if on_epoch is not None:
             on_epoch(0)
 
@@ -46,7 +48,8 @@ class EpochSeededSampler(Sampler):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        return iter([(self.epoch, i) for i in order] if self.with_epoch else order)
 
     def __len__(self) -> int:
         return self.n
@@ -69,6 +72,37 @@ class VolumeEvalDataset(Dataset):
         from mambaseg.data.base import volume_slices
         vol = self.volumes[i]
         return {"image": volume_slices(vol, self.transform), "mask": vol["mask"], "meta": vol["meta"]}
+
+
+class EpochSeededSamples(Dataset):
+    """``dataset`` indexed by ``(epoch, index)`` (``EpochSeededSampler(with_epoch=True)``): before loading a sample
+    its random transforms, and in a worker process the worker's Python / NumPy / torch generators, are seeded
+    from ``(seed, epoch, index)``, so augmentation does not depend on which process loads the sample nor on how
+    long that process has lived (persistent workers, a resumed run). Plain integer indices load unseeded."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        epoch, i = key
+        s = (self.seed * 1_000_003 + 7919 * int(epoch) + 104_729 * int(i) + 1) % (2 ** 63)
+        t = getattr(getattr(self.dataset, "dataset", self.dataset), "transform", None)
+        if t is not None:
+            from mambaseg.data.transforms import seed_transforms
+            seed_transforms(t, s)
+        if torch.utils.data.get_worker_info() is not None:
+            import random
+
+            import numpy as np
+            random.seed(s)
+            np.random.seed(s % (2 ** 32))
+            torch.manual_seed(s)
+        return self.dataset[i]
 
 
 def _worker_init(worker_id: int) -> None:
@@ -167,13 +201,6 @@ class SegDataModule(pl.LightningDataModule):
         kw = {**self.dataset_kwargs, **dict((self.hparams.split_kwargs or {}).get(split) or {})}
         return build_dataset(self.dataset_name, root=self.root, split=split, transform=self._transform(train), **kw)
 
-    def _reseed_train_transform(self, epoch: int) -> None:
-        ds = self._datasets.get("train")
-        t = getattr(getattr(ds, "dataset", ds), "transform", None)
-        if t is not None:
-            from mambaseg.data.transforms import seed_transforms
-            seed_transforms(t, self.hparams.seed * 1_000_003 + 7919 * int(epoch) + 1)
-
     def _probe(self) -> Dataset:
         if "probe" not in self._datasets:
             self._datasets["probe"] = self.build(self.hparams.train_split, train=False)
@@ -230,8 +257,8 @@ class SegDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._datasets["train"]
-        sampler = EpochSeededSampler(len(ds), self.hparams.seed, on_epoch=self._reseed_train_transform)
-        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=sampler,
+        sampler = EpochSeededSampler(len(ds), self.hparams.seed, with_epoch=True)
+        return DataLoader(EpochSeededSamples(ds, self.hparams.seed), batch_size=self.hparams.batch_size, sampler=sampler,
                           num_workers=self.hparams.num_workers, collate_fn=collate_cases,
                           drop_last=self.hparams.drop_last and len(ds) > self.hparams.batch_size,
                           worker_init_fn=_worker_init if self.hparams.num_workers > 0 else None,

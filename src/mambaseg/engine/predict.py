@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import MambasegUserError
+from .io import DiskFullError, UnwritableError
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
 
 __all__ = ["PredictResult", "load_module", "collect_inputs", "predict_paths", "overlay"]
@@ -37,16 +38,24 @@ class PredictResult:
 
 def load_module(ckpt: str, device: str = "cpu"):
     """``SegmentationModule`` from a mambaseg checkpoint (clear errors for a missing or foreign file)."""
-    from .module import SegmentationModule
+    from .io import check_mambaseg_checkpoint, load_checkpoint
+    from .module import SegmentationModule, check_checkpoint_compatible
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist (expected RUN/checkpoints/best.ckpt)")
-    try:
-        data = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise MambasegUserError(f"cannot read checkpoint {ckpt!r}: {e}") from None
-    if not isinstance(data, dict) or "state_dict" not in data or "hyper_parameters" not in data:
-        raise MambasegUserError(f"{ckpt!r} is not a mambaseg training checkpoint (no state_dict/hyper_parameters)")
-    module = SegmentationModule.load_from_checkpoint(ckpt, map_location=device, weights_only=False, pretrained=None)
+    data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
+    check_mambaseg_checkpoint(data, ckpt)
+    import inspect
+    known = set(inspect.signature(SegmentationModule.__init__).parameters)
+    hp = {k: v for k, v in dict(data["hyper_parameters"]).items() if k in known}
+    hp["pretrained"] = None  # the weights come from the checkpoint
+    module = SegmentationModule(**hp)
+    check_checkpoint_compatible(data, module.hparams, where=f"checkpoint {ckpt!r}")
+    missing, unexpected = module.load_state_dict(data["state_dict"], strict=False)
+    if missing or unexpected:
+        raise MambasegUserError(f"checkpoint {ckpt!r} does not fit its own network ({len(missing)} missing, "
+                                f"{len(unexpected)} unexpected weights, e.g. {(list(missing) + list(unexpected))[0]}"
+                                "); it was edited or written by another mambaseg version")
+    module.to(device)
     module.eval()
     return module
 
@@ -109,8 +118,14 @@ def _eval_transform(module) -> Optional[Callable]:
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
+    import io
+
     from PIL import Image
-    Image.fromarray(arr).save(str(path))
+
+    from .io import atomic_write_bytes
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(str(path), buf.getvalue())
 
 
 def _check_free(path: Path) -> Path:
@@ -158,7 +173,9 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
                 x = torch.stack(slices).to(device)
                 labels = predict_volume(net, x, vol.shape[-2:], thr, input_size=size).numpy()
                 dest = _check_free(out / "masks" / f"{name}.nii.gz")
-                save_nifti(labels.astype(np.int64), dest, spacing=spacing, reference=f)
+                from .io import atomic_path
+                with atomic_path(str(dest)) as tmp:
+                    save_nifti(labels.astype(np.int64), tmp, spacing=spacing, reference=f)
                 res.written.append(str(dest))
                 if overlays:
                     k = int((labels > 0).reshape(labels.shape[0], -1).sum(1).argmax())
@@ -181,14 +198,15 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
             res.written.append(str(dest))
             if overlays:
                 _save_png(overlay(image, labels, hp.num_classes), _check_free(out / "overlays" / f"{name}.png"))
-        except FileExistsError:
+        except (FileExistsError, DiskFullError, UnwritableError):
             raise
         except Exception as e:  # skip this file, keep going; listed at the end
             res.errors.append((str(f), f"{type(e).__name__}: {e}"))
     if res.errors:
-        with open(out / "errors.txt", "a") as fh:
-            for p, msg in res.errors:
-                fh.write(f"{p}\t{msg}\n")
+        from .io import atomic_write_text
+        err = out / "errors.txt"
+        old = err.read_text() if err.is_file() else ""
+        atomic_write_text(str(err), old + "".join(f"{p}\t{msg}\n" for p, msg in res.errors))
     return res
 
 
