@@ -142,6 +142,9 @@ def test_run_dir_rules(tmp_path):
     run.mkdir()
     assert check_run_dir(str(run), resume=False) is None  # empty: fine
     (run / "metrics.csv").write_text("x")
+    with pytest.raises(RunDirExistsError, match="no mambaseg run"):  # no config.yaml: not ours
+        check_run_dir(str(run), resume=False)
+    (run / "config.yaml").write_text("x")
     assert check_run_dir(str(run), resume=False) is None  # no checkpoint (a fit that failed early): reused
     with pytest.raises(FileNotFoundError, match="without --resume"):
         check_run_dir(str(run), resume=True)

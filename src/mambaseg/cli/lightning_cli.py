@@ -86,6 +86,7 @@ class MambaSegCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, **kwargs):
         self._out_dir: Optional[str] = None
         self._resume_from: Optional[str] = None
+        self._ckpt_data = None  # (path, {"hyper_parameters": ...}) of the checkpoint read up front
         self._args = [str(a) for a in args] if isinstance(args, (list, tuple)) else []
         super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
                          parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
@@ -160,9 +161,12 @@ class MambaSegCLI(LightningCLI):
                 check_writable(self._out_dir, f"{sub} output folder", "--run_dir")
         cfg.trainer.default_root_dir = self._out_dir
         ckpt = cfg.get("ckpt_path") if sub else None
-        if ckpt and ckpt not in ("best", "last") and not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist; pass the path of a .ckpt file "
-                                    "(e.g. RUN/checkpoints/best.ckpt)")
+        if ckpt and ckpt not in ("best", "last"):
+            # read (weights_only=True) and recognised before any model, data or file is made
+            if self._ckpt_data is None or self._ckpt_data[0] != ckpt:
+                data = load_checkpoint(ckpt)
+                check_mambaseg_checkpoint(data, ckpt)
+                self._ckpt_data = (ckpt, {"hyper_parameters": data.get("hyper_parameters")})
 
     def instantiate_trainer(self, **kwargs: Any):
         sub = self.subcommand
@@ -198,8 +202,11 @@ class MambaSegCLI(LightningCLI):
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
         if not ckpt or ckpt in ("best", "last"):
             return
-        data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
-        check_mambaseg_checkpoint(data, ckpt)
+        if self._ckpt_data is not None and self._ckpt_data[0] == ckpt:
+            data = self._ckpt_data[1]
+        else:
+            data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
+            check_mambaseg_checkpoint(data, ckpt)
         check_checkpoint_compatible(data, self.model.hparams, where=f"checkpoint {ckpt!r}")
 
     def before_fit(self) -> None:

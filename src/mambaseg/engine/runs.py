@@ -87,13 +87,21 @@ def pick_resume_checkpoint(run_dir: str) -> str:
     return best
 
 
+_FIT_FILES = ("config.yaml", "hparams.yaml", "metrics.csv", "run.json", "checkpoints", "plots", "lightning_logs")
+
+
+def _is_fit_leftover(name: str) -> bool:
+    """A name ``mambaseg fit`` writes into a run directory before its first checkpoint."""
+    return name in _FIT_FILES or name.startswith(("resume-", "version_", "."))
+
+
 def check_run_dir(run_dir: str, resume: bool) -> Optional[str]:
     """Enforce the run-directory rule for ``fit``; returns the checkpoint to resume from (or None).
 
     * empty / missing directory: fine;
     * holds a run and ``resume``: continue from the newest checkpoint that reads (``pick_resume_checkpoint``);
-    * holds no checkpoint (a fit that failed before its first one): reused, saying so (``resume`` says to drop
-      ``--resume``);
+    * holds no checkpoint, only what a fit writes before its first one (``config.yaml``, logs): reused, saying
+      so (with ``resume``: the message says to drop ``--resume``);
     * holds checkpoints and not ``resume``: ``RunDirExistsError`` (never overwrite silently).
     """
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
@@ -112,6 +120,11 @@ def check_run_dir(run_dir: str, resume: bool) -> Optional[str]:
                                 "another --run_dir; nothing was overwritten")
     if _has_content(run_dir):
         names = sorted(e.name for e in os.scandir(run_dir))
+        if "config.yaml" not in names or not all(_is_fit_leftover(n) for n in names):
+            raise RunDirExistsError(f"run directory {run_dir!r} already holds files ({', '.join(names[:5])}"
+                                    f"{', ...' if len(names) > 5 else ''}) but no mambaseg run (no config.yaml, no "
+                                    "checkpoint), so neither a new fit nor --resume can use it; choose another "
+                                    "--run_dir; nothing was overwritten")
         _note(f"run directory {run_dir!r} holds no checkpoint, only what a fit that stopped before its first one "
               f"left ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}); reusing it, those files are "
               "replaced")
