@@ -9,6 +9,12 @@ On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overri
 * ``fit`` ends with a test of the best checkpoint on the held-out split (``--test_after_fit``), writing
   ``per_case.csv``, ``summary.json`` and ``report.md``.
 * A checkpoint of another model / class count is refused before anything runs.
+* Checkpoints are data: read with ``weights_only=True`` (``mambaseg.engine.io``) before anything is built, and
+  written atomically (``AtomicCheckpointIO``); ``--resume`` takes the newest checkpoint that reads; a run
+  directory holding no checkpoint (a fit that failed early) is reused; a read-only run / output folder is
+  refused before any work; Ctrl-C prints the command that resumes the run.
+* Every training step seeds its random generators from ``(seed, step)`` (``RandomStateCallback``): a resumed
+  run equals an uninterrupted one, drop path and dropout included.
 * Unknown config keys are named with their near matches.
 """
 
