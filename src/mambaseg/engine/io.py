@@ -212,20 +212,20 @@ def to_plain(obj: Any) -> Any:
     (Lightning's ``AttributeDict``, jsonargparse ``Namespace``) -> dict, paths -> str, numpy scalars / arrays ->
     Python numbers / tensors, sets -> lists. Tensors, numbers, strings, lists, tuples, dicts stay."""
     import numpy as np
-    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str, bytes, complex)):
+    if isinstance(obj, np.generic):  # before the number check: np.float64 is a float subclass
+        return obj.item()
+    if isinstance(obj, torch.Tensor) or obj is None or type(obj) in (bool, int, float, str, bytes, complex):
         return obj
     if type(obj) in (dict, list, tuple):
         if isinstance(obj, dict):
             return {to_plain(k): to_plain(v) for k, v in obj.items()}
         return type(obj)(to_plain(v) for v in obj)
-    if isinstance(obj, dict) or hasattr(obj, "items") and callable(obj.items):
+    if type(obj).__name__ == "Namespace":  # jsonargparse (as_dict: nested) / argparse Namespace
+        return to_plain(obj.as_dict() if callable(getattr(obj, "as_dict", None)) else dict(vars(obj)))
+    if isinstance(obj, dict) or (hasattr(obj, "items") and callable(obj.items)):
         return {to_plain(k): to_plain(v) for k, v in obj.items()}
-    if hasattr(obj, "__dict__") and type(obj).__name__ == "Namespace":  # argparse / jsonargparse Namespace
-        return {k: to_plain(v) for k, v in vars(obj).items()}
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, (set, frozenset)):
@@ -244,27 +244,6 @@ def save_checkpoint(obj: Any, path: str) -> str:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _allow_list() -> list:
-    """Non-plain types old mambaseg / Lightning checkpoints may hold, all inert containers."""
-    out = []
-    try:
-        from lightning.fabric.utilities.data import AttributeDict
-        out.append(AttributeDict)
-    except ImportError:  # pragma: no cover
-        pass
-    return out
-
-
-_SAFE_ADDED = False
-
-
-def _ensure_safe_globals() -> None:
-    global _SAFE_ADDED
-    if not _SAFE_ADDED:
-        torch.serialization.add_safe_globals(_allow_list())
-        _SAFE_ADDED = True
-
-
 CONVERT_HINT = "python -m mambaseg.engine.io --convert-trusted {src} {dst}"
 
 
@@ -276,8 +255,11 @@ def _converted_name(path: str) -> str:
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` or one ``CheckpointReadError`` line saying what the file is.
 
-    Never unpickles code: a pickle that names a function or class outside PyTorch's weights-only allow-list (plus
-    ``_allow_list()``) raises ``UnsafeCheckpointError`` with the command that converts a *trusted* file."""
+    Never unpickles code: a pickle that names a function or class outside PyTorch's weights-only allow-list
+    raises ``UnsafeCheckpointError`` with the command that converts a *trusted* file. Nothing is added to that
+    allow-list: our checkpoints hold plain values only (``to_plain`` at save time). Lightning's
+    ``AttributeDict`` cannot be allow-listed (the weights-only unpickler fills only plain dicts), so it too is
+    stored as a dict."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; pass the path of a .ckpt file "
@@ -308,7 +290,6 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
             raise CheckpointReadError(f"checkpoint {path!r} is truncated or corrupt ({_human(size)}; a write "
                                       "interrupted by a crash or a full disk?); use another checkpoint, e.g. "
                                       "RUN/checkpoints/best.ckpt") from None
-    _ensure_safe_globals()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
@@ -406,7 +387,6 @@ def convert_trusted_checkpoint(src: str, dst: str) -> str:
     buf = io.BytesIO()
     torch.save(plain, buf)
     buf.seek(0)
-    _ensure_safe_globals()
     try:
         torch.load(buf, weights_only=True)
     except Exception as e:  # noqa: BLE001

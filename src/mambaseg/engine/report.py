@@ -18,8 +18,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .io import atomic_open, atomic_write_bytes, atomic_write_text
-
 __all__ = ["EIGHT_METRICS", "RunRecord", "write_evaluation", "write_report", "format_metrics_table",
            "read_metrics_csv", "case_dice_values"]
 
@@ -82,6 +80,7 @@ def _jsonable(v):
 
 def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
     """Write ``per_case.csv`` and ``summary.json`` (plus ``qualitative.npz``) into ``out_dir``."""
+    from .io import atomic_open
     os.makedirs(out_dir, exist_ok=True)
     settings = dict(results.get("settings") or {})
     if extra:
@@ -107,6 +106,7 @@ def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict
 
 
 def _write_rows_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
+    from .io import atomic_open
     keys: List[str] = []
     for r in rows:
         for k in r:
@@ -121,6 +121,8 @@ def _write_rows_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
 
 def _save_fig(fig, path: str) -> None:
     import io
+
+    from .io import atomic_write_bytes
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     atomic_write_bytes(path, buf.getvalue())
@@ -308,6 +310,7 @@ def write_report(out_dir: str, records: Sequence[RunRecord], title: str = "mamba
     for heading, p in plots.items():
         if p:
             lines += [f"## {heading}", "", f"![{heading}]({os.path.relpath(p, out_dir)})", ""]
+    from .io import atomic_write_text
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
