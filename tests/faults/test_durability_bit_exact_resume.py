@@ -1,6 +1,7 @@
 """Fault: resume was bit-exact for U-Net but not for VM-UNet with drop path (the torch generator was not where
 an uninterrupted run had it: Lightning draws from it when it makes a data-loader iterator, at another moment in
-a resumed run). Now every training step seeds from (seed, step): interrupted + resumed == uninterrupted, exactly."""
+a resumed run). Now every training batch seeds from (seed, epoch, batch): interrupted + resumed equals
+uninterrupted, exactly."""
 
 import pytest
 import torch
@@ -32,5 +33,6 @@ def test_durability_bit_exact_resume_of_stochastic_vmunet(tmp_path):
     assert any(not torch.equal(mid["state_dict"][k], b[k]) for k in b)  # the resumed epochs really trained
     diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     assert diff == 0.0, f"resumed run differs from the uninterrupted one: max |dw| = {diff:.3g}"
-    for s, r in zip(straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
+    moments = zip(straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values())
+    for s, r in moments:
         assert torch.equal(s["exp_avg"], r["exp_avg"])

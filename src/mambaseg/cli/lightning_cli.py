@@ -13,8 +13,8 @@ On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overri
   written atomically (``AtomicCheckpointIO``); ``--resume`` takes the newest checkpoint that reads; a run
   directory holding no checkpoint (a fit that failed early) is reused; a read-only run / output folder is
   refused before any work; Ctrl-C prints the command that resumes the run.
-* Every training step seeds its random generators from ``(seed, step)`` (``RandomStateCallback``): a resumed
-  run equals an uninterrupted one, drop path and dropout included.
+* Every training batch seeds its random generators from ``(seed, epoch, batch)`` (``RandomStateCallback``): a
+  resumed run equals an uninterrupted one, drop path and dropout included.
 * Unknown config keys are named with their near matches.
 """
 

@@ -258,7 +258,8 @@ class SegDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self._datasets["train"]
         sampler = EpochSeededSampler(len(ds), self.hparams.seed, with_epoch=True)
-        return DataLoader(EpochSeededSamples(ds, self.hparams.seed), batch_size=self.hparams.batch_size, sampler=sampler,
+        return DataLoader(EpochSeededSamples(ds, self.hparams.seed), batch_size=self.hparams.batch_size,
+                          sampler=sampler,
                           num_workers=self.hparams.num_workers, collate_fn=collate_cases,
                           drop_last=self.hparams.drop_last and len(ds) > self.hparams.batch_size,
                           worker_init_fn=_worker_init if self.hparams.num_workers > 0 else None,

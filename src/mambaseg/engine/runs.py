@@ -25,7 +25,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from .errors import RunDirExistsError
-from .io import CheckpointReadError
 
 __all__ = ["check_run_dir", "is_child_process", "make_checkpoint_callbacks", "EpochSeedCallback", "RandomStateCallback",
            "ResumeHintCallback", "RunInfoCallback", "write_test_outputs", "next_free_dir", "environment_info",
@@ -156,13 +155,14 @@ def make_checkpoint_callbacks(run_dir: str, select_on: str) -> List[ModelCheckpo
     return [best, last]
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (int(seed) * 1_000_003 + 104_729 * int(step) + 7_919 * int(rank)) % (2 ** 31)
+def _batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    return (int(seed) * 1_000_003 + 104_729 * int(epoch) + 7_919 * int(batch_idx) + 15_485_863 * int(rank)) % (2 ** 31)
 
 
 class RandomStateCallback(Callback):
-    """Bit-exact resume for stochastic models (drop path, dropout): before every training step the Python,
-    NumPy and torch (CPU and every CUDA device) generators are reseeded from ``(seed, global_step, rank)``, so
+    """Bit-exact resume for stochastic models (drop path, dropout): before every training batch the Python,
+    NumPy and torch (CPU and every CUDA device) generators are reseeded from ``(seed, epoch, batch, rank)`` (not
+    the optimiser step: accumulated micro-batches must not share their drop-path masks), so
     the random numbers a step draws depend on nothing else: not on when the run was interrupted, nor on the
     draws Lightning makes between steps (a data-loader iterator takes one from the torch generator when it is
     made, which a resumed run makes at another moment: the cause of resumed VM-UNet runs drifting).
@@ -176,14 +176,14 @@ class RandomStateCallback(Callback):
         self.seed = int(seed)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        s = _step_seed(self.seed, trainer.global_step, trainer.global_rank)
+        s = _batch_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)  # seeds every CUDA device too
 
     def state_dict(self) -> Dict[str, Any]:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {"seed": self.seed, "scheme": "per-step-v1",
+        state = {"seed": self.seed, "scheme": "per-batch-v1",
                  "torch": torch.get_rng_state(),
                  "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
                            "has_gauss": int(has_gauss), "gauss": float(gauss)},
@@ -294,8 +294,11 @@ class RunInfoCallback(Callback):
         path = os.path.join(self.run_dir, "run.json")
         data: Dict[str, Any] = {}
         if os.path.isfile(path):
-            with open(path) as f:
-                data = json.load(f)
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):  # unreadable (e.g. cut short by a crash before writes were atomic)
+                data = {}
         n_params = sum(p.numel() for p in pl_module.parameters())
         data.update(environment=environment_info(), model=pl_module.hparams.get("model"), params=n_params,
                     strategy=type(trainer.strategy).__name__, world_size=trainer.world_size,
