@@ -96,12 +96,8 @@ class EpochSeededSamples(Dataset):
             from mambaseg.data.transforms import seed_transforms
             seed_transforms(t, s)
         if torch.utils.data.get_worker_info() is not None:
-            import random
-
-            import numpy as np
-            random.seed(s)
-            np.random.seed(s % (2 ** 32))
-            torch.manual_seed(s)
+            from .runs import seed_generators
+            seed_generators(s)
         return self.dataset[i]
 
 
