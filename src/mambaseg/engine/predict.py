@@ -12,6 +12,7 @@ end (and in ``<out>/errors.txt``), and the rest are processed. Existing outputs 
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,17 +40,15 @@ class PredictResult:
 def load_module(ckpt: str, device: str = "cpu"):
     """``SegmentationModule`` from a mambaseg checkpoint (clear errors for a missing or foreign file)."""
     from .io import check_mambaseg_checkpoint, load_checkpoint
-    from .module import SegmentationModule, check_checkpoint_compatible
+    from .module import SegmentationModule
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist (expected RUN/checkpoints/best.ckpt)")
     data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
     check_mambaseg_checkpoint(data, ckpt)
-    import inspect
     known = set(inspect.signature(SegmentationModule.__init__).parameters)
     hp = {k: v for k, v in dict(data["hyper_parameters"]).items() if k in known}
     hp["pretrained"] = None  # the weights come from the checkpoint
     module = SegmentationModule(**hp)
-    check_checkpoint_compatible(data, module.hparams, where=f"checkpoint {ckpt!r}")
     missing, unexpected = module.load_state_dict(data["state_dict"], strict=False)
     if missing or unexpected:
         raise MambasegUserError(f"checkpoint {ckpt!r} does not fit its own network ({len(missing)} missing, "

@@ -80,9 +80,9 @@ def pick_resume_checkpoint(run_dir: str) -> str:
                                   "; start a new run (another --run_dir) or pass --ckpt_path")
     step, _, best, epoch = max(good)
     if bad or best != last:
-        skipped = ", ".join(f"{os.path.basename(f)} does not read ({m.split(';')[0]})" for f, m in bad)
-        _note(f"{skipped + '; ' if skipped else ''}resuming from {os.path.basename(best)} (epoch {epoch}, step "
-              f"{step}), the newest checkpoint that reads")
+        skipped = ", ".join(f"{os.path.basename(f)} does not read ({m.split(' (')[0]})" for f, m in bad)
+        _note(f"{skipped + '; ' if skipped else ''}resuming from {os.path.basename(best)} (saved in epoch {epoch}, "
+              f"step {step}), the newest checkpoint that reads")
     return best
 
 
