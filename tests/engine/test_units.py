@@ -142,13 +142,18 @@ def test_run_dir_rules(tmp_path):
     run.mkdir()
     assert check_run_dir(str(run), resume=False) is None  # empty: fine
     (run / "metrics.csv").write_text("x")
-    with pytest.raises(RunDirExistsError, match="--resume"):
+    with pytest.raises(RunDirExistsError, match="no mambaseg run"):  # no config.yaml: not ours
         check_run_dir(str(run), resume=False)
-    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+    (run / "config.yaml").write_text("x")
+    assert check_run_dir(str(run), resume=False) is None  # no checkpoint (a fit that failed early): reused
+    with pytest.raises(FileNotFoundError, match="without --resume"):
         check_run_dir(str(run), resume=True)
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.ckpt").write_text("x")
-    assert check_run_dir(str(run), resume=True).endswith("last.ckpt")
+    with pytest.raises(RunDirExistsError, match="--resume"):
+        check_run_dir(str(run), resume=False)
+    with pytest.raises(MambasegUserError, match="no checkpoint .* reads"):  # a text file is no checkpoint
+        check_run_dir(str(run), resume=True)
     assert next_free_dir(str(run)) == str(run) + "-2"
     assert (run / "metrics.csv").read_text() == "x"  # untouched
 

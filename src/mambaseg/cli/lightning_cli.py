@@ -11,6 +11,12 @@ On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overri
 * A checkpoint of another model / class count is refused before anything runs.
 * ``fit`` checks every split it reads before the trainer writes anything (``--data.check header|full|none``,
   ``mambaseg.data.check``), listing every bad file at once.
+* Checkpoints are data: read with ``weights_only=True`` (``mambaseg.engine.io``) before anything is built, and
+  written atomically (``AtomicCheckpointIO``); ``--resume`` takes the newest checkpoint that reads; a run
+  directory holding no checkpoint (a fit that failed early) is reused; a read-only run / output folder is
+  refused before any work; Ctrl-C prints the command that resumes the run.
+* Every training batch seeds its random generators from ``(seed, epoch, batch)`` (``RandomStateCallback``): a
+  resumed run equals an uninterrupted one, drop path and dropout included.
 * Unknown config keys are named with their near matches.
 """
 
@@ -23,16 +29,16 @@ import sys
 import time
 from typing import Any, List, Optional
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from mambaseg.engine.datamodule import SegDataModule
-from mambaseg.engine.errors import CheckpointMismatchError, MambasegUserError
+from mambaseg.engine.errors import MambasegUserError
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
-from mambaseg.engine.runs import (EpochSeedCallback, RunInfoCallback, check_run_dir, is_child_process,
-                                  make_checkpoint_callbacks, next_free_dir, write_test_outputs)
+from mambaseg.engine.io import AtomicCheckpointIO, check_mambaseg_checkpoint, check_writable, load_checkpoint
+from mambaseg.engine.runs import (RandomStateCallback, ResumeHintCallback, RunInfoCallback, check_run_dir,
+                                  is_child_process, make_checkpoint_callbacks, next_free_dir, write_test_outputs)
 
 __all__ = ["MambaSegCLI", "MambaSegArgumentParser", "run_cli"]
 
@@ -117,6 +123,8 @@ class MambaSegCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, **kwargs):
         self._out_dir: Optional[str] = None
         self._resume_from: Optional[str] = None
+        self._ckpt_data = None  # (path, {"hyper_parameters": ...}) of the checkpoint read up front
+        self._args = [str(a) for a in args] if isinstance(args, (list, tuple)) else []
         super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
                          parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
                          auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
@@ -168,12 +176,18 @@ class MambaSegCLI(LightningCLI):
                 os.path.join("runs", f"{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
             os.environ["MAMBASEG_RUN_DIR"] = run_dir  # DDP children (started later) inherit the same directory
             if not child:
+                # a read-only run folder is refused before anything is read, built or written
+                check_writable(run_dir, "run directory", "--run_dir")
+                check_writable(os.path.join(run_dir, "checkpoints"), "checkpoint folder", "--run_dir")
                 resume_ckpt = check_run_dir(run_dir, bool(cfg.get("resume")))
                 if resume_ckpt and not cfg.get("ckpt_path"):
                     cfg.ckpt_path = resume_ckpt
                 self._resume_from = resume_ckpt
+                if resume_ckpt:
+                    os.environ["MAMBASEG_RESUME_CKPT"] = resume_ckpt
             elif cfg.get("resume"):
-                self._resume_from = os.path.join(run_dir, "checkpoints", "last.ckpt")
+                self._resume_from = os.environ.get("MAMBASEG_RESUME_CKPT") or \
+                    os.path.join(run_dir, "checkpoints", "last.ckpt")
                 cfg.ckpt_path = cfg.get("ckpt_path") or self._resume_from
             self._out_dir = run_dir
         else:
@@ -183,11 +197,16 @@ class MambaSegCLI(LightningCLI):
                 base = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
             base = base or os.path.join("runs", "eval")
             self._out_dir = os.path.join(base, sub) if child else next_free_dir(os.path.join(base, sub))
+            if not child:
+                check_writable(self._out_dir, f"{sub} output folder", "--run_dir")
         cfg.trainer.default_root_dir = self._out_dir
         ckpt = cfg.get("ckpt_path") if sub else None
-        if ckpt and ckpt not in ("best", "last") and not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist; pass the path of a .ckpt file "
-                                    "(e.g. RUN/checkpoints/best.ckpt)")
+        if ckpt and ckpt not in ("best", "last"):
+            # read (weights_only=True) and recognised before any model, data or file is made
+            if self._ckpt_data is None or self._ckpt_data[0] != ckpt:
+                data = load_checkpoint(ckpt)
+                check_mambaseg_checkpoint(data, ckpt)
+                self._ckpt_data = (ckpt, {"hyper_parameters": data.get("hyper_parameters")})
 
     def instantiate_trainer(self, **kwargs: Any):
         sub = self.subcommand
@@ -197,8 +216,15 @@ class MambaSegCLI(LightningCLI):
             seed = self._get(self.config, "seed_everything")
             seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
             callbacks += make_checkpoint_callbacks(self._out_dir, self.model.hparams.select_on)
-            callbacks += [EpochSeedCallback(seed), RunInfoCallback(self._out_dir)]
+            callbacks += [RandomStateCallback(seed), RunInfoCallback(self._out_dir),
+                          ResumeHintCallback(self._out_dir, self._args)]
         kwargs.setdefault("callbacks", callbacks)
+        # every checkpoint is written atomically and read with weights_only=True (mambaseg.engine.io)
+        plugins = trainer_cfg.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(hasattr(p, "save_checkpoint") and hasattr(p, "load_checkpoint") for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
         if sub in ("validate", "test"):
             kwargs["enable_checkpointing"] = False  # evaluation writes no checkpoints
         if trainer_cfg.get("logger") in (None, True):
@@ -219,10 +245,11 @@ class MambaSegCLI(LightningCLI):
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
         if not ckpt or ckpt in ("best", "last"):
             return
-        try:
-            data = torch.load(ckpt, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise CheckpointMismatchError(f"cannot read checkpoint {ckpt!r}: {e}") from None
+        if self._ckpt_data is not None and self._ckpt_data[0] == ckpt:
+            data = self._ckpt_data[1]
+        else:
+            data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
+            check_mambaseg_checkpoint(data, ckpt)
         check_checkpoint_compatible(data, self.model.hparams, where=f"checkpoint {ckpt!r}")
 
     def before_fit(self) -> None:
@@ -250,7 +277,7 @@ class MambaSegCLI(LightningCLI):
             return
         ckpt_cb = trainer.checkpoint_callback
         ckpt = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=False)
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, weights_only=True)
         if trainer.global_rank == 0:
             sel = self.model.hparams.select_on
             notes = [f"model selection: {sel} ({'best' if ckpt else 'last'} checkpoint)",

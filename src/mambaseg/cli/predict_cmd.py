@@ -39,9 +39,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from mambaseg.engine.devices import check_device
+    from mambaseg.engine.io import check_writable
     from mambaseg.engine.predict import load_module, predict_paths
     check_device(args.device)
     out = args.out
+    check_writable(out, "output folder", "--out")  # before the checkpoint is read or anything is written
     overwrite = bool(getattr(args, "overwrite", False))
     if not overwrite:
         for sub in ("masks", "overlays"):

@@ -43,7 +43,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field

@@ -17,8 +17,9 @@ agree, mask values fit; ``check="full"`` decodes every image) and lists every pr
 written (``mambaseg check`` runs the same check alone). ``split=[0.8, 0.1, 0.1]`` splits one flat
 ``images/ + masks/`` folder (Kvasir-SEG as downloaded) by seeded ratios and saves ``split.json`` in the run.
 
-Shuffling uses a sampler whose order depends only on ``(seed, epoch)``, so a run resumed from a checkpoint sees the
-same batches as an uninterrupted one.
+Shuffling uses a sampler whose order depends only on ``(seed, epoch)``, and each training sample's augmentation is
+seeded from ``(seed, epoch, index)`` where it is loaded (main process or worker, persistent or not), so a run resumed
+from a checkpoint sees the same batches, augmented the same way, as an uninterrupted one, with any ``num_workers``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from mambaseg.data.hints import data_arg
 
 from .errors import MambasegUserError, near_matches
 
-__all__ = ["SegDataModule", "EpochSeededSampler", "collate_cases", "DataCheckError"]
+__all__ = ["SegDataModule", "EpochSeededSampler", "EpochSeededSamples", "collate_cases", "DataCheckError"]
 
 
 class DataCheckError(MambasegUserError):
@@ -56,8 +57,9 @@ class EpochSeededSampler(Sampler):
     augmentations too depend only on ``(seed, epoch)`` (in the main process; workers reseed from their seed).
     """
 
-    def __init__(self, n: int, seed: int = 0, on_epoch=None):
+    def __init__(self, n: int, seed: int = 0, on_epoch=None, with_epoch: bool = False):
         self.n, self.seed, self.epoch, self.on_epoch = int(n), int(seed), 0, on_epoch
+        self.with_epoch = bool(with_epoch)  # yield (epoch, index) pairs, for ``EpochSeededSamples``
         if on_epoch is not None:
             on_epoch(0)
 
@@ -68,7 +70,8 @@ class EpochSeededSampler(Sampler):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        return iter([(self.epoch, i) for i in order] if self.with_epoch else order)
 
     def __len__(self) -> int:
         return self.n
@@ -91,6 +94,33 @@ class VolumeEvalDataset(Dataset):
         from mambaseg.data.base import volume_slices
         vol = self.volumes[i]
         return {"image": volume_slices(vol, self.transform), "mask": vol["mask"], "meta": vol["meta"]}
+
+
+class EpochSeededSamples(Dataset):
+    """``dataset`` indexed by ``(epoch, index)`` (``EpochSeededSampler(with_epoch=True)``): before loading a sample
+    its random transforms, and in a worker process the worker's Python / NumPy / torch generators, are seeded
+    from ``(seed, epoch, index)``, so augmentation does not depend on which process loads the sample nor on how
+    long that process has lived (persistent workers, a resumed run). Plain integer indices load unseeded."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        epoch, i = key
+        s = (self.seed * 1_000_003 + 7919 * int(epoch) + 104_729 * int(i) + 1) % (2 ** 63)
+        t = getattr(getattr(self.dataset, "dataset", self.dataset), "transform", None)
+        if t is not None:
+            from mambaseg.data.transforms import seed_transforms
+            seed_transforms(t, s)
+        if torch.utils.data.get_worker_info() is not None:
+            from .runs import seed_generators
+            seed_generators(s)
+        return self.dataset[i]
 
 
 def _worker_init(worker_id: int) -> None:
@@ -270,13 +300,6 @@ class SegDataModule(pl.LightningDataModule):
         data["_seed"] = [int(self.hparams.seed)]
         save_split(os.path.join(trainer.default_root_dir, "split.json"), data)
 
-    def _reseed_train_transform(self, epoch: int) -> None:
-        ds = self._datasets.get("train")
-        t = getattr(getattr(ds, "dataset", ds), "transform", None)
-        if t is not None:
-            from mambaseg.data.transforms import seed_transforms
-            seed_transforms(t, self.hparams.seed * 1_000_003 + 7919 * int(epoch) + 1)
-
     def _probe(self) -> Dataset:
         if "probe" not in self._datasets:
             from mambaseg.data.base import DataError
@@ -370,8 +393,9 @@ class SegDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._datasets["train"]
-        sampler = EpochSeededSampler(len(ds), self.hparams.seed, on_epoch=self._reseed_train_transform)
-        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=sampler,
+        sampler = EpochSeededSampler(len(ds), self.hparams.seed, with_epoch=True)
+        return DataLoader(EpochSeededSamples(ds, self.hparams.seed), batch_size=self.hparams.batch_size,
+                          sampler=sampler,
                           num_workers=self.hparams.num_workers, collate_fn=collate_cases,
                           drop_last=self.hparams.drop_last and len(ds) > self.hparams.batch_size,
                           worker_init_fn=_worker_init if self.hparams.num_workers > 0 else None,

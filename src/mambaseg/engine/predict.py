@@ -22,6 +22,7 @@ preprocessing.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import MambasegUserError
+from .io import DiskFullError, UnwritableError
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
 
 __all__ = ["PredictResult", "load_module", "collect_inputs", "output_names", "predict_paths", "overlay"]
@@ -48,16 +50,22 @@ class PredictResult:
 
 def load_module(ckpt: str, device: str = "cpu"):
     """``SegmentationModule`` from a mambaseg checkpoint (clear errors for a missing or foreign file)."""
+    from .io import check_mambaseg_checkpoint, load_checkpoint
     from .module import SegmentationModule
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist (expected RUN/checkpoints/best.ckpt)")
-    try:
-        data = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise MambasegUserError(f"cannot read checkpoint {ckpt!r}: {e}") from None
-    if not isinstance(data, dict) or "state_dict" not in data or "hyper_parameters" not in data:
-        raise MambasegUserError(f"{ckpt!r} is not a mambaseg training checkpoint (no state_dict/hyper_parameters)")
-    module = SegmentationModule.load_from_checkpoint(ckpt, map_location=device, weights_only=False, pretrained=None)
+    data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
+    check_mambaseg_checkpoint(data, ckpt)
+    known = set(inspect.signature(SegmentationModule.__init__).parameters)
+    hp = {k: v for k, v in dict(data["hyper_parameters"]).items() if k in known}
+    hp["pretrained"] = None  # the weights come from the checkpoint
+    module = SegmentationModule(**hp)
+    missing, unexpected = module.load_state_dict(data["state_dict"], strict=False)
+    if missing or unexpected:
+        raise MambasegUserError(f"checkpoint {ckpt!r} does not fit its own network ({len(missing)} missing, "
+                                f"{len(unexpected)} unexpected weights, e.g. {(list(missing) + list(unexpected))[0]}"
+                                "); it was edited or written by another mambaseg version")
+    module.to(device)
     module.eval()
     return module
 
@@ -144,8 +152,14 @@ def _eval_transform(module) -> Optional[Callable]:
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
+    import io
+
     from PIL import Image
-    Image.fromarray(arr).save(str(path))
+
+    from .io import atomic_write_bytes
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(str(path), buf.getvalue())
 
 
 def _check_free(path: Path, overwrite: bool = False) -> Path:
@@ -248,7 +262,9 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
                 x = torch.stack(slices).to(device)
                 labels = predict_volume(net, x, vol.shape[-2:], thr, input_size=size).numpy()
                 dest = _check_free(out / "masks" / f"{name}.nii.gz", overwrite)
-                save_nifti(labels.astype(np.int64), dest, spacing=spacing, reference=f)
+                from .io import atomic_path
+                with atomic_path(str(dest)) as tmp:
+                    save_nifti(labels.astype(np.int64), tmp, spacing=spacing, reference=f)
                 res.written.append(str(dest))
                 if overlays:
                     k = int((labels > 0).reshape(labels.shape[0], -1).sum(1).argmax())
@@ -269,15 +285,14 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
             res.written.append(str(dest))
             if overlays:
                 _save_png(overlay(image, labels, hp.num_classes), _check_free(out / "overlays" / f"{name}.png", overwrite))
-        except FileExistsError:
+        except (FileExistsError, DiskFullError, UnwritableError):
             raise
         except Exception as e:  # skip this file, keep going; listed at the end
             res.errors.append((str(f), f"{type(e).__name__}: {e}"))
     res.warnings = conv.messages()
     if res.errors:
-        with open(out / "errors.txt", "w") as fh:
-            for p, msg in res.errors:
-                fh.write(f"{p}\t{msg}\n")
+        from .io import atomic_write_text
+        atomic_write_text(str(out / "errors.txt"), "".join(f"{p}\t{msg}\n" for p, msg in res.errors))
     elif overwrite and (out / "errors.txt").exists():
         (out / "errors.txt").unlink()  # the list of an earlier run into this folder; this one skipped nothing
     return res

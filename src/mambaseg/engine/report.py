@@ -82,6 +82,7 @@ def _jsonable(v):
 
 def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
     """Write ``per_case.csv`` and ``summary.json`` (plus ``qualitative.npz``) into ``out_dir``."""
+    from .io import atomic_open
     os.makedirs(out_dir, exist_ok=True)
     settings = dict(results.get("settings") or {})
     if extra:
@@ -95,27 +96,38 @@ def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict
         write_summary(rows, summary, out_dir, settings)
     else:
         _write_rows_csv(os.path.join(out_dir, "per_case.csv"), rows)
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        with atomic_open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(_jsonable({"settings": settings, "metrics": summary}), f, indent=2)
     q = results.get("qualitative") or []
     if q:
-        np.savez_compressed(os.path.join(out_dir, "qualitative.npz"),
-                            **{f"{k}_{i}": np.asarray(s[k]) for i, s in enumerate(q) for k in ("image", "target", "pred")},
-                            case_ids=np.asarray([str(s["case_id"]) for s in q]))
+        with atomic_open(os.path.join(out_dir, "qualitative.npz"), "wb") as f:
+            np.savez_compressed(f, **{f"{k}_{i}": np.asarray(s[k]) for i, s in enumerate(q)
+                                      for k in ("image", "target", "pred")},
+                                case_ids=np.asarray([str(s["case_id"]) for s in q]))
     return {"per_case": os.path.join(out_dir, "per_case.csv"), "summary": os.path.join(out_dir, "summary.json")}
 
 
 def _write_rows_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
+    from .io import atomic_open
     keys: List[str] = []
     for r in rows:
         for k in r:
             if k not in keys:
                 keys.append(k)
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for r in rows:
             w.writerow({k: _jsonable(r.get(k)) for k in keys})
+
+
+def _save_fig(fig, path: str) -> None:
+    import io
+
+    from .io import atomic_write_bytes
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def read_metrics_csv(path: str) -> Dict[str, List[tuple]]:
@@ -262,7 +274,7 @@ def plot_training_curves(records: Sequence[RunRecord], path: str) -> Optional[st
     for ax in axes:
         ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_fig(fig, path)
     plt.close(fig)
     return path
 
@@ -280,7 +292,7 @@ def plot_dice_histogram(records: Sequence[RunRecord], path: str) -> Optional[str
     ax.set_xlabel("per-case Dice"), ax.set_ylabel("cases"), ax.set_title("Per-case Dice distribution")
     ax.legend(fontsize=7), ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_fig(fig, path)
     plt.close(fig)
     return path
 
@@ -312,7 +324,7 @@ def plot_qualitative(records: Sequence[RunRecord], path: str, n: int = 4) -> Opt
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_fig(fig, path)
     plt.close(fig)
     return path
 
@@ -344,7 +356,7 @@ def write_report(out_dir: str, records: Sequence[RunRecord], title: str = "mamba
     for heading, p in plots.items():
         if p:
             lines += [f"## {heading}", "", f"![{heading}]({os.path.relpath(p, out_dir)})", ""]
+    from .io import atomic_write_text
     path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -77,7 +77,8 @@ def write_summary(rows: Sequence[Mapping[str, object]], summary: Mapping[str, ob
         if key not in seen and (key != "case_id" or any("case_id" in r for r in rows)):
             seen.add(key)
             columns.append(key)
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+    from mambaseg.engine.io import atomic_open
+    with atomic_open(str(csv_path), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, restval="")
         w.writeheader()
         for r in rows:
@@ -86,7 +87,7 @@ def write_summary(rows: Sequence[Mapping[str, object]], summary: Mapping[str, ob
     metrics = {k: v for k, v in summary.items() if not str(k).startswith("count/")}
     payload = {"settings": _json_value(dict(settings)), "metrics": _json_value(metrics),
                "counts": _json_value(counts)}
-    with open(json_path, "w", encoding="utf-8") as f:
+    with atomic_open(str(json_path), "w") as f:
         json.dump(payload, f, indent=2, allow_nan=False)
         f.write("\n")
     return csv_path, json_path
