@@ -22,11 +22,14 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .hub import PretrainedMixin
+
 __all__ = ["BackboneMixin", "FeatureEncoder", "vss_stage_maps", "check_feature_info"]
 
 
-class BackboneMixin:
-    """``forward_features`` = the deepest of ``forward_intermediates`` (classes define the latter)."""
+class BackboneMixin(PretrainedMixin):
+    """``forward_features`` = the deepest of ``forward_intermediates`` (classes define the latter); also gives
+    ``save_pretrained`` / ``from_pretrained`` (:mod:`mambaseg.models.hub`)."""
 
     #: dotted module paths ``forward_intermediates`` uses (everything else is decoder)
     encoder_modules: Sequence[str] = ()
