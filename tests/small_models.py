@@ -22,4 +22,5 @@ SIZE = (64, 128)  # (H, W); not square so channels-last and channels-first maps 
 
 
 def small_model(name, in_channels=3, num_classes=1, **extra):
-    return create_model(name, in_channels=in_channels, num_classes=num_classes, **SMALL.get(name, {}), **extra)
+    """``extra`` overrides the small configuration."""
+    return create_model(name, in_channels=in_channels, num_classes=num_classes, **{**SMALL.get(name, {}), **extra})

@@ -113,7 +113,7 @@ class SDI(nn.Module):
         self.convs = nn.ModuleList([nn.Conv2d(channel, channel, kernel_size=3, padding=1) for _ in range(4)])
 
     def forward(self, xs: Sequence[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
-        size = tuple(anchor.shape[-2:])
+        size = (int(anchor.shape[-2]), int(anchor.shape[-1]))   # static under ONNX tracing
         ans = torch.ones_like(anchor)
         for conv, x in zip(self.convs, xs):
             if x.shape[-1] > size[-1]:
