@@ -10,8 +10,8 @@ that the exported graph
   step, exactly the recurrence of the reference ``x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t``;
 * never materialises a (b, d, l, n) tensor: the time axis is cut into ``K = ceil(l / T)`` chunks of ``T`` steps
   (zero-padded: a padded step has ``delta = 0``, so ``exp(0) = 1`` and no input: the state passes unchanged).
-  One ONNX ``Scan`` iterates over the chunks carrying the state (b, g, h, n); its body computes the chunk's
-  ``exp(delta A)`` and ``delta B u`` (T, b, g, h, n) in two vectorised ops, runs the T steps unrolled (one ``Mul``
+  One ONNX ``Scan`` iterates over the chunks carrying the state (b, g, n, h); its body computes the chunk's
+  ``exp(delta A)`` and ``delta B u`` (T, b, g, n, h) in vectorised ops, runs the T steps unrolled (one ``Mul``
   and one ``Add`` each), and contracts the T states with C.
 
 Everything around the recurrence (bias, softplus, ``delta * u``, padding, the chunked time-major layout, the D
@@ -38,8 +38,9 @@ OP_TYPE = "ChunkedSelectiveScan"
 
 
 def _eager_recurrence(dt, du, A3, Bm, Cm, x0):
-    """Reference semantics of the placeholder: dt, du (K, T, b, g, h, 1); A3 (g, h, n); Bm, Cm (K, T, b, g, 1, n);
-    x0 (1, b, g, h, n) -> y (K, T, b, g, h)."""
+    """Reference semantics of the placeholder: dt, du (K, T, b, g, 1, h); A3 (g, n, h); Bm, Cm (K, T, b, g, n, 1);
+    x0 (1, b, g, n, h) -> y (K, T, b, g, h). The channel axis h is innermost so that every broadcast in the
+    exported graph runs over contiguous spans of h."""
     x = x0
     ys = []
     for k in range(dt.shape[0]):
@@ -49,7 +50,7 @@ def _eager_recurrence(dt, du, A3, Bm, Cm, x0):
         for t in range(dt.shape[1]):
             x = dA[t:t + 1] * x + dBu[t:t + 1]
             hs.append(x)
-        ys.append((torch.cat(hs, 0) * Cm[k]).sum(-1))
+        ys.append((torch.cat(hs, 0) * Cm[k]).sum(-2))
     return torch.stack(ys, 0)
 
 
@@ -60,7 +61,7 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dt, du, A3, Bm, Cm, x0):
         if torch.jit.is_tracing():   # exporting: only the shape matters, the node is replaced by a Scan
-            return dt.new_zeros(dt.shape[:5])
+            return dt.new_zeros(tuple(dt.shape[:4]) + (dt.shape[5],))
         return _eager_recurrence(dt, du, A3, Bm, Cm, x0)
 
     @staticmethod
@@ -96,13 +97,13 @@ def selective_scan_onnx(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     if pad:
         delta, du = F.pad(delta, (0, pad)), F.pad(du, (0, pad))
         B, C = F.pad(B, (0, pad)), F.pad(C, (0, pad))
-    # time-major, chunked: (b, g, h, K, T) -> (K, T, b, g, h, 1); B, C: (b, g, n, K, T) -> (K, T, b, g, 1, n)
-    dt = delta.reshape(-1, g, h, K, T).permute(3, 4, 0, 1, 2).unsqueeze(-1)
-    du = du.reshape(-1, g, h, K, T).permute(3, 4, 0, 1, 2).unsqueeze(-1)
-    Bm = B.reshape(-1, g, n, K, T).permute(3, 4, 0, 1, 2).unsqueeze(-2)
-    Cm = C.reshape(-1, g, n, K, T).permute(3, 4, 0, 1, 2).unsqueeze(-2)
-    A3 = A.reshape(g, h, n)
-    x0 = torch.zeros_like(dt[0, :1]) * Bm[0, :1]                      # (1, b, g, h, n) zeros, batch follows u
+    # time-major, chunked: (b, g, h, K, T) -> (K, T, b, g, 1, h); B, C: (b, g, n, K, T) -> (K, T, b, g, n, 1)
+    dt = delta.reshape(-1, g, h, K, T).permute(3, 4, 0, 1, 2).unsqueeze(-2)
+    du = du.reshape(-1, g, h, K, T).permute(3, 4, 0, 1, 2).unsqueeze(-2)
+    Bm = B.reshape(-1, g, n, K, T).permute(3, 4, 0, 1, 2).unsqueeze(-1)
+    Cm = C.reshape(-1, g, n, K, T).permute(3, 4, 0, 1, 2).unsqueeze(-1)
+    A3 = A.reshape(g, h, n).transpose(1, 2)
+    x0 = torch.zeros_like(dt[0, :1]) * Bm[0, :1]                      # (1, b, g, n, h) zeros, batch follows u
     y = _ChunkedScan.apply(dt, du, A3, Bm, Cm, x0)                    # (K, T, b, g, h)
     y = y.reshape(K * T, -1, d).permute(1, 2, 0)
     if pad:
@@ -115,30 +116,33 @@ def selective_scan_onnx(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 
 
 def _scan_body(chunk: int, a_name: str, tag: str):
-    """The ONNX ``Scan`` body graph for one chunk of ``chunk`` steps (A read from the outer scope)."""
+    """The ONNX ``Scan`` body graph for one chunk of ``chunk`` steps (A read from the outer scope). The chunk's
+    small per-step inputs are split once; each step then does exp(dt_t A), the state update and its output
+    y_t = sum_n C_t x_t on (b, g, n, h) tensors, so no (T, b, g, n, h) tensor is formed or copied."""
     from onnx import TensorProto, helper
     p = f"{tag}_"
     x_in, dt, du, bm, cm = (p + s for s in ("x_in", "dt", "du", "bm", "cm"))
-    nodes = [
-        helper.make_node("Mul", [dt, a_name], [p + "dtA"]),
-        helper.make_node("Exp", [p + "dtA"], [p + "dA"]),
-        helper.make_node("Mul", [du, bm], [p + "dBu"]),
-        helper.make_node("Split", [p + "dA", p + "ones"], [f"{p}dA{t}" for t in range(chunk)], axis=0),
-        helper.make_node("Split", [p + "dBu", p + "ones"], [f"{p}dBu{t}" for t in range(chunk)], axis=0),
-    ]
+    nodes = [helper.make_node("Split", [src, p + "ones"], [f"{p}{src[len(p):]}{t}" for t in range(chunk)], axis=0)
+             for src in (dt, du, bm, cm)]
     ones = helper.make_tensor(p + "ones", TensorProto.INT64, [chunk], [1] * chunk)
     prev = x_in
     for t in range(chunk):
-        nodes.append(helper.make_node("Mul", [f"{p}dA{t}", prev], [f"{p}m{t}"]))
-        nodes.append(helper.make_node("Add", [f"{p}m{t}", f"{p}dBu{t}"], [f"{p}x{t}"]))
-        prev = f"{p}x{t}"
+        q = f"{p}s{t}_"
+        nodes += [
+            helper.make_node("Mul", [f"{p}dt{t}", a_name], [q + "dtA"]),
+            helper.make_node("Exp", [q + "dtA"], [q + "dA"]),
+            helper.make_node("Mul", [q + "dA", prev], [q + "m"]),
+            helper.make_node("Mul", [f"{p}du{t}", f"{p}bm{t}"], [q + "dBu"]),
+            helper.make_node("Add", [q + "m", q + "dBu"], [q + "x"]),
+            helper.make_node("Mul", [q + "x", f"{p}cm{t}"], [q + "xc"]),
+            helper.make_node("ReduceSum", [q + "xc", p + "axis"], [q + "y"], keepdims=0),
+        ]
+        prev = q + "x"
     nodes += [
         helper.make_node("Identity", [prev], [p + "x_out"]),
-        helper.make_node("Concat", [f"{p}x{t}" for t in range(chunk)], [p + "H"], axis=0),
-        helper.make_node("Mul", [p + "H", cm], [p + "HC"]),
-        helper.make_node("ReduceSum", [p + "HC", p + "axis"], [p + "y"], keepdims=0),
+        helper.make_node("Concat", [f"{p}s{t}_y" for t in range(chunk)], [p + "y"], axis=0),
     ]
-    axis = helper.make_tensor(p + "axis", TensorProto.INT64, [1], [-1])
+    axis = helper.make_tensor(p + "axis", TensorProto.INT64, [1], [-2])
     f = TensorProto.FLOAT
     vi = lambda name: helper.make_tensor_value_info(name, f, None)  # noqa: E731
     return helper.make_graph(nodes, f"{tag}_body", [vi(x_in), vi(dt), vi(du), vi(bm), vi(cm)],
