@@ -136,6 +136,7 @@ def test_per_volume_evaluation_on_synthetic_cardiac(tmp_path):
                 p, g = pred == k, gt == k
                 if p.any() and g.any():
                     want = 2 * (p & g).sum() / (p.sum() + g.sum())
-                    assert float(rows[v["meta"]["case_id"]][f"dice/class_{k}"]) == pytest.approx(want, abs=1e-6)
+                    name = ["background", "right_ventricle", "myocardium", "left_ventricle"][k]  # the set's names
+                    assert float(rows[v["meta"]["case_id"]][f"dice/{name}"]) == pytest.approx(want, abs=1e-6)
                     checked += 1
     assert checked > 0

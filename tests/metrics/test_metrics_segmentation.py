@@ -361,3 +361,18 @@ def test_vmunet_and_mamba_unet_policies_match_upstream_rules_with_medpy():
                 d, h = rule(pc, tc)
                 assert row[f"dice/class_{c}"] == pytest.approx(d)
                 assert row[f"hd95/class_{c}"] == pytest.approx(h)
+
+
+
+def test_class_names_name_the_per_class_keys():
+    from mambaseg.metrics import SegmentationMetrics
+    p = torch.tensor([[[0, 1], [2, 3]]])
+    names = ["background", "RV", "Myo", "LV"]
+    m = SegmentationMetrics(4, aggregation="per_image", distances=False, class_names=names)
+    m.update(p, p)
+    r = m.compute()
+    assert r["dice/RV"] == r["dice/Myo"] == r["dice/LV"] == 1.0 and not any("class_" in k for k in r)
+    row = m.per_case()[0]
+    assert "dice/LV" in row and "empty/Myo" in row and m.settings()["class_names"] == names
+    with pytest.raises(ValueError, match="class_names has 3"):
+        SegmentationMetrics(4, class_names=names[:3])

@@ -92,7 +92,7 @@ def test_gate_changes_the_output():
             up.gate.psi.weight.zero_()
             up.gate.psi.bias.fill_(50.0)          # sigmoid(50) == 1 in float32
         opened = m(x)
-        feats = m.forward_features(x)
+        feats = m.forward_intermediates(x)
         y = feats[-1]
         for up, skip in zip(m.ups, reversed(feats[:-1])):
             y = up.conv(torch.cat([skip, up.up(y)], 1))

@@ -287,3 +287,12 @@ def test_bad_widths_give_clear_errors():
         SwinUNet(img_size=64, embed_dim=10)
     with pytest.raises(ValueError, match="same length"):
         SwinUNet(img_size=64, depths=(2, 2, 2), num_heads=(3, 6, 12, 24))
+
+
+def test_batch_of_one_on_a_non_square_grid():
+    # Fault test: with B=1 and a window as tall as a stage's grid (2x4 tokens, window 2), the partitioned
+    # windows were not viewable (RuntimeError: view size is not compatible ...).
+    m = create_model("swin_unet", img_size=(64, 128), window_size=2, embed_dim=12, depths=(1, 1, 1, 1)).eval()
+    with torch.no_grad():
+        one = m(torch.randn(1, 3, 64, 128))
+    assert one.shape == (1, 1, 64, 128)

@@ -189,9 +189,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("compare", add_help=False,
                    help="models x seeds (x folds): mean ± std, paired tests, report (`mambaseg compare --help`)")
-    from . import predict_cmd, demo_cmd
+    from . import predict_cmd, demo_cmd, export_cmd
     predict_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
     try:
         from . import profile_cmd
     except ImportError:
@@ -203,6 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _user_errors():
     from mambaseg.engine.errors import MambasegUserError
+    from mambaseg.models.hub import PretrainedFolderError  # noqa: F401  (a ValueError)
     errs = [MambasegUserError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError]
     return tuple(errs)
 
@@ -239,6 +241,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "predict":
             from . import predict_cmd
             return predict_cmd.run(args)
+        if args.command == "export":
+            from . import export_cmd
+            return export_cmd.run(args)
         if args.command == "demo":
             from . import demo_cmd
             return demo_cmd.run(args)

@@ -315,7 +315,24 @@ class SegmentationModule(pl.LightningModule):
                   distributed_available_fn=lambda: False, sync_on_compute=False)
         if hp.empty_policy is not None:
             kw["empty_policy"] = hp.empty_policy
-        return SegmentationMetrics(hp.num_classes, **kw)
+        return SegmentationMetrics(hp.num_classes, class_names=self._class_names(), **kw)
+
+    def _class_names(self):
+        """Label names of the data being scored (the data set's ``class_names``, else the reader's known
+        names); None (keys ``class_<k>``) when unknown or of the wrong length."""
+        n = max(int(self.hparams.num_classes), 2)
+        dm = getattr(self._trainer, "datamodule", None) if getattr(self, "_trainer", None) is not None else None
+        names = None
+        for key in ("test", "val", "probe", "train"):
+            ds = (getattr(dm, "_datasets", None) or {}).get(key)
+            names = getattr(getattr(ds, "dataset", ds), "class_names", None) if ds is not None else None
+            if names:
+                break
+        if not names:
+            from mambaseg.export import dataset_class_names
+            names = dataset_class_names(getattr(dm, "dataset_name", None), n)
+        names = [str(c) for c in names] if names else None
+        return names if names and len(names) == n and len(set(names)) == n else None
 
     def on_test_epoch_start(self):
         self._metrics = None  # created at the first case, once we know whether the data are volumes

@@ -49,7 +49,12 @@ class PredictResult:
 
 
 def load_module(ckpt: str, device: str = "cpu"):
-    """``SegmentationModule`` from a mambaseg checkpoint (clear errors for a missing or foreign file)."""
+    """``SegmentationModule`` from a mambaseg checkpoint (clear errors for a missing or foreign file), or the
+    equivalent of one from a pretrained folder (``save_pretrained`` / ``mambaseg export --format folder``)."""
+    from mambaseg.models.hub import is_pretrained_folder
+    if is_pretrained_folder(ckpt):
+        from .pretrained_folder import load_folder_module
+        return load_folder_module(ckpt, device=device)
     from .io import check_mambaseg_checkpoint, load_checkpoint
     from .module import SegmentationModule
     if not os.path.isfile(ckpt):

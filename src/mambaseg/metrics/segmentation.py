@@ -114,6 +114,7 @@ class SegmentationMetrics(Metric):
         distances: bool = True,
         spacing: Optional[Sequence[float]] = None,
         connectivity: int = 1,
+        class_names: Optional[Sequence[str]] = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -133,6 +134,11 @@ class SegmentationMetrics(Metric):
         self.spacing = None if spacing is None else _check_spacing(spacing, self.spatial_ndim)
         self.connectivity = int(connectivity)
         self.classes = list(range(0 if self.include_background else 1, self.num_classes))
+        # label names for the per-class keys (``dice/<name>``); None keeps ``dice/class_<k>``
+        if class_names is not None and len(class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(class_names)} entries for num_classes={self.num_classes} "
+                             f"(background included): {list(class_names)}")
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
         c = self.num_classes
         self._row_len = c * 4 + c * len(_RAW_DIST) + self.spatial_ndim + _ID_BYTES
         self.add_state("cases", default=[], dist_reduce_fx="cat")
@@ -145,6 +151,7 @@ class SegmentationMetrics(Metric):
         return {
             "num_classes": self.num_classes,
             "classes": self.classes,
+            "class_names": self.class_names,
             "include_background": self.include_background,
             "aggregation": self.aggregation,
             "hd95_mode": self.hd95_mode,
@@ -306,13 +313,16 @@ class SegmentationMetrics(Metric):
             out[name] = float(_nanmean(per_class[name])) if len(cls) else float("nan")
         for name in names:
             for j, k in enumerate(cls):
-                out[f"{name}/class_{k}"] = float(per_class[name][j])
+                out[f"{name}/{self._cname(k)}"] = float(per_class[name][j])
         out["count/cases"] = int(counts.shape[0])
         for case in _EMPTY_CASES:
             out[f"count/{case}"] = int((cases[:, cls] == case).sum())
         for name in names:
             out[f"count/excluded/{name}"] = excluded[name]
         return out
+
+    def _cname(self, k: int) -> str:
+        return self.class_names[k] if self.class_names else f"class_{k}"
 
     def per_case(self) -> List[Dict[str, object]]:
         """One row per case (image or volume): ``case_id``, spacing, per-class metrics, class means, empty flags.
@@ -331,8 +341,8 @@ class SegmentationMetrics(Metric):
                 row[name] = float(_nanmean(vals)) if len(vals) else float("nan")
             for k in self.classes:
                 for name in names:
-                    row[f"{name}/class_{k}"] = float(scores[name][i, k])
-                row[f"empty/class_{k}"] = cases[i, k]
+                    row[f"{name}/{self._cname(k)}"] = float(scores[name][i, k])
+                row[f"empty/{self._cname(k)}"] = cases[i, k]
             rows.append(row)
         return rows
 

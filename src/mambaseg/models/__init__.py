@@ -2,6 +2,7 @@
 
 from .registry import create_model, list_models, model_info, register_model, UnknownModelError
 from .pretrained import load_pretrained, PretrainedReport, PretrainedMismatchError
+from .hub import from_pretrained, save_pretrained
 
 # Each network file registers itself on import. Keep this list in one place.
 import importlib as _importlib
@@ -14,4 +15,4 @@ for _m in ("vmunet", "vmunet_v2", "mamba_unet", "hmt_unet", "unet", "att_unet", 
             raise
 
 __all__ = ["create_model", "list_models", "model_info", "register_model", "load_pretrained",
-           "PretrainedReport", "PretrainedMismatchError", "UnknownModelError"]
+           "PretrainedReport", "PretrainedMismatchError", "UnknownModelError", "from_pretrained", "save_pretrained"]

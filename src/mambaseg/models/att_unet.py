@@ -100,7 +100,7 @@ class AttentionUNet(UNet):
     def attention_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The gates' coefficients for input ``x``, coarsest first: (B, 1, H/8, W/8) ... (B, 1, H, W)."""
         check_input_size(x, self.in_channels, self.downsample_factor, "att_unet")
-        feats = self.forward_features(x)
+        feats = self._encode(x)
         y, maps = feats[-1], []
         for up, skip in zip(self.ups, reversed(feats[:-1])):
             maps.append(up.gate.attention(skip, up.up(y)))

@@ -79,6 +79,7 @@ import torch.nn as nn
 from .layers import check_input_size, init_linear_and_norms
 from .mambavision import FinalPatchExpand2D, MambaVisionLayer, MambaVisionStem
 from .pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
+from .backbone import BackboneMixin
 from .registry import register_model
 
 __all__ = ["HMTUNet", "MambaVisionUNet", "HMT_UNET_SIZES", "load_mambavision_checkpoint"]
@@ -155,7 +156,7 @@ class MambaVisionUNet(nn.Module):
         return self.final_conv(self.final_up(x))
 
 
-class HMTUNet(nn.Module):
+class HMTUNet(BackboneMixin, nn.Module):
     """HMT-UNet (hybrid Mamba-Transformer U-Net on MambaVision blocks). See the module docstring.
 
     Args:
@@ -209,13 +210,25 @@ class HMTUNet(nn.Module):
                                        drop_path_rate=drop_path_rate, qkv_bias=qkv_bias, drop_rate=drop_rate,
                                        attn_drop_rate=attn_drop_rate, layer_scale=layer_scale,
                                        layer_scale_conv=layer_scale_conv, decoder=decoder)
-        self.feature_info = [dict(num_chs=dim * 2 ** i, reduction=4 * 2 ** i, module=f"hmtunet.levels.{i}")
-                             for i in range(4)]
+        # Backbone: each level's output before its trailing Downsample (the input of that Downsample; the last
+        # level has none). dim@4, 2dim@8, 4dim@16, 8dim@32; the deepest is the bottleneck.
+        self.feature_info = [dict(num_chs=dim * 2 ** i, reduction=4 * 2 ** i, module=f"hmtunet.levels.{i}.downsample",
+                                  hook_type="forward_pre") for i in range(3)]
+        self.feature_info.append(dict(num_chs=dim * 8, reduction=32, module="hmtunet.levels.3"))
+        self.encoder_modules = ("hmtunet.patch_embed", "hmtunet.pos_drop", "hmtunet.levels")
 
-    def forward_features(self, x: torch.Tensor):
-        """Encoder only: (bottleneck, skips); see ``MambaVisionUNet.forward_features``."""
+    def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The four level maps (B, C_i, H/r_i, W/r_i) (see ``feature_info``)."""
         check_input_size(x, self.in_channels, 32, "hmt_unet")
-        return self.hmtunet.forward_features(x)
+        body = self.hmtunet
+        x = body.pos_drop(body.patch_embed(x))
+        feats = []
+        for level in body.levels:
+            x = level.forward_blocks(x)
+            feats.append(x)
+            if level.downsample is not None:
+                x = level.downsample(x)
+        return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_channels, 32, "hmt_unet")

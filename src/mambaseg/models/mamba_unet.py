@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from .pretrained import register_pretrained_loader
 from .pretrained_vmamba import load_vmamba_into_mamba_unet
+from .backbone import BackboneMixin, vss_stage_maps
 from .registry import register_model
 from .vss import (FinalPatchExpandX4, PatchExpand, VSSEncoder, VSSLayerUp, init_vss_weights, prepare_input,
                   stage_drop_path_rates)
@@ -81,7 +82,7 @@ class MambaUNetVSSM(VSSEncoder):
         return self.output(x)
 
 
-class MambaUNet(nn.Module):
+class MambaUNet(BackboneMixin, nn.Module):
     """Mamba-UNet (Wang et al., 2024, arXiv:2402.05079). Returns logits (B, num_classes, H, W).
 
     Args:
@@ -98,6 +99,7 @@ class MambaUNet(nn.Module):
     """
 
     default_input_size = 224
+    encoder_modules = ("mamba_unet.patch_embed", "mamba_unet.layers")
 
     downsample_factor = 32  # input H and W must be multiples of it (read by the engine's size check)
 
@@ -108,6 +110,14 @@ class MambaUNet(nn.Module):
         self.num_classes = num_classes
         self.gray_to_rgb = gray_to_rgb
         self.mamba_unet = MambaUNetVSSM(in_channels, num_classes, depths, embed_dim, d_state, drop_path_rate)
+        # Backbone: stage outputs after the VSS blocks, before PatchMerging2D (the last one before ``norm``).
+        self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f"mamba_unet.layers.{i}.blocks.{d - 1}")
+                             for i, (c, d) in enumerate(zip(self.mamba_unet.dims, self.mamba_unet.depths))]
+
+    def forward_intermediates(self, x: torch.Tensor):
+        """The four encoder stage maps (B, C_i, H/r_i, W/r_i), channels-first (see ``feature_info``)."""
+        return vss_stage_maps(self.mamba_unet, prepare_input(x, self.in_channels, self.gray_to_rgb, 32,
+                                                             "Mamba-UNet"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = prepare_input(x, self.in_channels, self.gray_to_rgb, 32, "Mamba-UNet")

@@ -371,6 +371,13 @@ class MambaVisionLayer(nn.Module):
         self.downsample = Downsample(dim) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_blocks(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything but the trailing downsample: the stage's own output map (the backbone feature)."""
         if self.upsample is not None:
             x = self.upsample(x)
         if self.conv:
@@ -386,8 +393,6 @@ class MambaVisionLayer(nn.Module):
             x = window_reverse(t, self.window_size, Hp, Wp)
             if (Hp, Wp) != (H, W):
                 x = x[:, :, :H, :W].contiguous()
-        if self.downsample is not None:
-            x = self.downsample(x)
         return x
 
 

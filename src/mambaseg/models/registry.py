@@ -124,10 +124,20 @@ def _check_kwargs(name: str, kwargs: Dict) -> None:
 
 
 def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrained: Optional[str] = None,
-                 **kwargs) -> nn.Module:
+                 features_only: bool = False, out_indices=None, **kwargs) -> nn.Module:
     """Build a registered model. Returns a plain ``nn.Module`` mapping (B, in_channels, H, W) to logits
     (B, num_classes, H, W). ``pretrained``: path to a classification checkpoint for the encoder (see
-    ``load_pretrained``); the load report is kept on ``model.pretrained_report``."""
+    ``load_pretrained``); the load report is kept on ``model.pretrained_report``.
+
+    ``features_only=True`` returns the encoder alone (:class:`mambaseg.models.backbone.FeatureEncoder`): its
+    forward gives the multi-scale maps listed in its ``feature_info`` (``out_indices`` selects stages).
+    The arguments are kept on ``model.model_args`` (what ``save_pretrained`` writes)."""
+    if features_only:
+        from .backbone import FeatureEncoder
+        full = create_model(name, in_channels, num_classes, pretrained, **kwargs)
+        enc = FeatureEncoder(full, out_indices)
+        enc.model_name = name
+        return enc
     info = model_info(name)
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
@@ -136,7 +146,26 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrain
     _check_kwargs(name, kwargs)
     model = info.factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
     model.model_name = name
+    model.model_args = _bound_args(info.factory, dict(in_channels=in_channels, num_classes=num_classes, **kwargs))
     if pretrained:
         from .pretrained import load_pretrained
         model.pretrained_report = load_pretrained(model, pretrained)
     return model
+
+
+def _bound_args(factory: Callable, given: dict) -> dict:
+    """Every argument of the factory call (given ones plus the factory's defaults), ``**kwargs`` flattened."""
+    import inspect
+    try:
+        sig = inspect.signature(factory)
+        bound = sig.bind(**given)
+    except (TypeError, ValueError):
+        return dict(given)
+    bound.apply_defaults()
+    out = {}
+    for k, v in bound.arguments.items():
+        if sig.parameters[k].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(v)
+        elif sig.parameters[k].kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[k] = v
+    return out

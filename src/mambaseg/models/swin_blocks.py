@@ -179,7 +179,7 @@ class SwinTransformerBlock(nn.Module):
         x = self.norm1(x).view(B, H, W, C)
         if self.shift_size:
             x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows = window_partition(x, self.window_size).view(-1, self.window_size ** 2, C)
+        windows = window_partition(x, self.window_size).reshape(-1, self.window_size ** 2, C)
         windows = self.attn(windows, mask=self.attn_mask)
         x = window_reverse(windows.view(-1, self.window_size, self.window_size, C), self.window_size, H, W)
         if self.shift_size:

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from .layers import check_input_size, init_linear_and_norms
+from .backbone import BackboneMixin, vss_stage_maps
 from .registry import register_model
 from .swin_blocks import BasicLayer, BasicLayer_up, FinalPatchExpand_X4, PatchEmbed, PatchExpand, PatchMerging
 
@@ -85,7 +86,7 @@ def resolve_window_size(img_size, patch_size: int = 4, num_layers: int = 4,
                      f"explicitly")
 
 
-class SwinUNet(nn.Module):
+class SwinUNet(BackboneMixin, nn.Module):
     """Swin-Unet (Cao et al., 2022), the configuration Mamba-UNet compares against.
 
     Input (B, in_channels, img_size, img_size); output: logits (B, num_classes, img_size, img_size).
@@ -160,7 +161,10 @@ class SwinUNet(nn.Module):
         self.norm_up = norm_layer(embed_dim)
         self.up = FinalPatchExpand_X4(res[0], embed_dim, dim_scale=patch_size, norm_layer=norm_layer)
         self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
-        self.feature_info = [dict(num_chs=embed_dim * 2 ** i, reduction=patch_size * 2 ** i) for i in range(nl)]
+        # Backbone: stage outputs after the Swin blocks, before PatchMerging (the last one before ``norm``).
+        self.feature_info = [dict(num_chs=embed_dim * 2 ** i, reduction=patch_size * 2 ** i,
+                                  module=f"layers.{i}.blocks.{depths[i] - 1}") for i in range(nl)]
+        self.encoder_modules = ("patch_embed", "pos_drop", "layers")
         self.apply(init_linear_and_norms)
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -171,7 +175,13 @@ class SwinUNet(nn.Module):
                              f"(its relative position tables and shift masks depend on it) but got a {h}x{w} "
                              f"input; resize the input, or build the model with img_size={h if h == w else (h, w)}")
 
-    def forward_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The encoder stage maps (B, C_i, H/r_i, W/r_i), channels-first (see ``feature_info``)."""
+        self._check_input(x)
+        grid = (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+        return vss_stage_maps(self, x, tokens_hw=grid)
+
+    def _encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Bottleneck tokens (B, H/32 * W/32, 8C) after ``norm``, and the input of each encoder stage (skips)."""
         x = self.pos_drop(self.patch_embed(x))
         skips = []
@@ -190,7 +200,7 @@ class SwinUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         B = x.shape[0]
-        x, skips = self.forward_features(x)
+        x, skips = self._encode(x)
         x = self.up(self.forward_up_features(x, skips))          # (B, H*W, C)
         H, W = self.img_size
         return self.output(x.view(B, H, W, -1).permute(0, 3, 1, 2))

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .conv_blocks import DoubleConv, Down, UpSample, channel_widths, check_base_channels, init_conv_weights
 from .layers import check_input_size
+from .backbone import BackboneMixin
 from .registry import register_model
 
 __all__ = ["UNet"]
@@ -37,7 +38,7 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
-class UNet(nn.Module):
+class UNet(BackboneMixin, nn.Module):
     """U-Net (Ronneberger et al., 2015): 4 down and 4 up levels of double 3x3 convolutions.
 
     Input (B, in_channels, H, W) with H and W divisible by 16 (224 and 256 both work); output: logits
@@ -54,6 +55,7 @@ class UNet(nn.Module):
     downsample_factor = 16
     arch_name = "unet"          # for error messages
     up_block = UpBlock          # decoder block class: (in_channels, out_channels, upsample) -> module(x, skip)
+    encoder_modules = ("inc", "downs")
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, base_channels: int = 64,
                  upsample: str = "transpose"):
@@ -65,11 +67,16 @@ class UNet(nn.Module):
         self.downs = nn.ModuleList([Down(ch[i], ch[i + 1]) for i in range(4)])
         self.ups = nn.ModuleList([self.up_block(ch[i + 1], ch[i], upsample) for i in reversed(range(4))])
         self.head = nn.Conv2d(ch[0], num_classes, kernel_size=1)
-        self.feature_info = [dict(num_chs=c, reduction=2 ** i) for i, c in enumerate(ch)]
+        self.feature_info = [dict(num_chs=c, reduction=2 ** i, module="inc" if i == 0 else f"downs.{i - 1}")
+                             for i, c in enumerate(ch)]
         init_conv_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Encoder features at strides 1, 2, 4, 8, 16 (widths ``feature_info``)."""
+        check_input_size(x, self.in_channels, self.downsample_factor, self.arch_name)
+        return self._encode(x)
+
+    def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:
         feats = [self.inc(x)]
         for down in self.downs:
             feats.append(down(feats[-1]))
@@ -77,7 +84,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_channels, self.downsample_factor, self.arch_name)
-        feats = self.forward_features(x)
+        feats = self._encode(x)
         y = feats[-1]
         for up, skip in zip(self.ups, reversed(feats[:-1])):
             y = up(y, skip)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .conv_blocks import DoubleConv, channel_widths, check_base_channels, init_conv_weights
 from .layers import check_input_size
+from .backbone import BackboneMixin
 from .registry import register_model
 
 __all__ = ["UNetPlusPlus"]
@@ -41,7 +42,7 @@ __all__ = ["UNetPlusPlus"]
 DS_EVAL_MODES = ("mean", "last")
 
 
-class UNetPlusPlus(nn.Module):
+class UNetPlusPlus(BackboneMixin, nn.Module):
     """UNet++ (Zhou et al., 2018): nested dense skip pathways, optional deep supervision.
 
     Input (B, in_channels, H, W) with H and W divisible by 16 (224 and 256 both work). Output: see the module
@@ -79,8 +80,18 @@ class UNetPlusPlus(nn.Module):
         self.nodes = nn.ModuleDict(nodes)
         n_heads = 4 if self.deep_supervision else 1
         self.heads = nn.ModuleList([nn.Conv2d(ch[0], num_classes, kernel_size=1) for _ in range(n_heads)])
-        self.feature_info = [dict(num_chs=c, reduction=2 ** i) for i, c in enumerate(ch)]
+        # Backbone: the first column X^{i,0} (the encoder), strides 1..16.
+        self.feature_info = [dict(num_chs=c, reduction=2 ** i, module=f"nodes.{i}_0") for i, c in enumerate(ch)]
+        self.encoder_modules = ("pool",) + tuple(f"nodes.{i}_0" for i in range(5))
         init_conv_weights(self)
+
+    def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The encoder column X^{0,0}..X^{4,0} (B, C_i, H/2^i, W/2^i)."""
+        check_input_size(x, self.in_channels, self.downsample_factor, "unet_pp")
+        feats = [self.nodes["0_0"](x)]
+        for i in range(1, 5):
+            feats.append(self.nodes[f"{i}_0"](self.pool(feats[-1])))
+        return feats
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

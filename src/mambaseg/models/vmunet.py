@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from .pretrained import register_pretrained_loader
 from .pretrained_vmamba import load_vmamba_into_vmunet
+from .backbone import BackboneMixin, vss_stage_maps
 from .registry import register_model
 from .vss import (FinalPatchExpand2D, PatchExpand2D, VSSEncoder, VSSLayerUp, _check_depths, init_vss_weights,
                   prepare_input, stage_drop_path_rates)
@@ -79,7 +80,7 @@ class VMUNetVSSM(VSSEncoder):
         return self.final_conv(x)
 
 
-class VMUNet(nn.Module):
+class VMUNet(BackboneMixin, nn.Module):
     """VM-UNet (Ruan & Xiang, 2024, arXiv:2402.02491). Returns logits (B, num_classes, H, W).
 
     Args:
@@ -96,9 +97,14 @@ class VMUNet(nn.Module):
             Default: True.
 
     H and W must be divisible by 32.
+
+    Backbone (:mod:`mambaseg.models.backbone`): ``feature_info`` / ``forward_intermediates`` are the four encoder
+    stage outputs after their VSS blocks, before the PatchMerging2D (96@4, 192@8, 384@16, 768@32), VMamba's
+    backbone convention; the deepest is the bottleneck the decoder starts from.
     """
 
     default_input_size = 256
+    encoder_modules = ("vmunet.patch_embed", "vmunet.layers")
 
     downsample_factor = 32  # input H and W must be multiples of it (read by the engine's size check)
 
@@ -111,6 +117,12 @@ class VMUNet(nn.Module):
         self.gray_to_rgb = gray_to_rgb
         self.vmunet = VMUNetVSSM(in_channels, num_classes, depths, depths_decoder, embed_dim, d_state,
                                  drop_path_rate)
+        self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f"vmunet.layers.{i}.blocks.{d - 1}")
+                             for i, (c, d) in enumerate(zip(self.vmunet.dims, self.vmunet.depths))]
+
+    def forward_intermediates(self, x: torch.Tensor):
+        """The four encoder stage maps (B, C_i, H/r_i, W/r_i), channels-first (see ``feature_info``)."""
+        return vss_stage_maps(self.vmunet, prepare_input(x, self.in_channels, self.gray_to_rgb, 32, "VM-UNet"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = prepare_input(x, self.in_channels, self.gray_to_rgb, 32, "VM-UNet")

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from .pretrained import register_pretrained_loader
 from .pretrained_vmamba import load_vmamba_into_vmunet_v2
+from .backbone import BackboneMixin
 from .registry import register_model
 from .vss import VSSEncoder, init_vss_weights, prepare_input
 
@@ -112,7 +113,7 @@ class SDI(nn.Module):
         self.convs = nn.ModuleList([nn.Conv2d(channel, channel, kernel_size=3, padding=1) for _ in range(4)])
 
     def forward(self, xs: Sequence[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
-        size = tuple(anchor.shape[-2:])
+        size = (int(anchor.shape[-2]), int(anchor.shape[-1]))   # static under ONNX tracing
         ans = torch.ones_like(anchor)
         for conv, x in zip(self.convs, xs):
             if x.shape[-1] > size[-1]:
@@ -123,7 +124,7 @@ class SDI(nn.Module):
         return ans
 
 
-class VMUNetV2(nn.Module):
+class VMUNetV2(BackboneMixin, nn.Module):
     """VM-UNetV2 (Zhang et al., 2024, arXiv:2403.09157). Returns logits (B, num_classes, H, W).
 
     Args:
@@ -141,6 +142,10 @@ class VMUNetV2(nn.Module):
             Default: True.
 
     H and W must be divisible by 32.
+
+    Backbone: ``feature_info`` / ``forward_intermediates`` are the four maps f1..f4 the SDI decoder takes (the
+    patch embedding at H/4, then the outputs of encoder stages 1-3 after their PatchMerging2D: 96@4, 192@8,
+    384@16, 768@32); stage 4, whose output upstream discards, is not run.
     """
 
     default_input_size = 256
@@ -179,6 +184,18 @@ class VMUNetV2(nn.Module):
         self.vmunet = VSSEncoder(in_channels, depths, embed_dim, d_state, drop_path_rate,
                                  num_stages=4 if use_last_stage else 3)
         self.vmunet.apply(init_vss_weights)
+        mods = ["vmunet.patch_embed"] + [f"vmunet.layers.{i}.downsample" for i in range(3)]
+        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=mods[i]) for i in range(4)]
+        self.encoder_modules = ("vmunet.patch_embed", "vmunet.layers.0", "vmunet.layers.1", "vmunet.layers.2")
+
+    def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """f1..f4 (B, C_i, H/r_i, W/r_i), channels-first, as the decoder uses them (see ``feature_info``)."""
+        x = self.vmunet.patch_embed(prepare_input(x, self.in_channels, self.gray_to_rgb, 32, "VM-UNetV2"))
+        feats = [x]
+        for layer in list(self.vmunet.layers)[:3]:
+            x = layer(x)
+            feats.append(x)
+        return [f.permute(0, 3, 1, 2) for f in feats]
 
     def forward_encoder(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The four features f1..f4 (channels-first) the decoder uses."""

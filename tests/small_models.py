@@ -1,0 +1,26 @@
+"""Small configurations of every registered network, for tests that run all of them (backbone, save/load,
+ONNX). A network missing here (added later) is built with its defaults at 64x128."""
+
+from mambaseg.models import create_model
+
+_VSS = dict(embed_dim=16, depths=[1, 1, 1, 1])
+_HMT = dict(dim=16, in_dim=8, depths=[1, 1, 2, 2], num_heads=[1, 2, 2, 4], window_size=[4, 4, 2, 1])
+SMALL = {
+    "vmunet": dict(_VSS, depths_decoder=[1, 1, 1, 1]),
+    "vmunet_v2": dict(_VSS, mid_channel=8),
+    "mamba_unet": dict(_VSS),
+    "hmt_unet": dict(_HMT),
+    "hmt_unet_small": dict(_HMT),
+    "hmt_unet_base": dict(_HMT),
+    "hmt_unet_paper": dict(_HMT),
+    "unet": dict(base_channels=4),
+    "att_unet": dict(base_channels=4),
+    "unet_pp": dict(base_channels=4),
+    "swin_unet": dict(img_size=(64, 128), window_size=2, embed_dim=12, depths=(1, 1, 1, 1)),
+}
+SIZE = (64, 128)  # (H, W); not square so channels-last and channels-first maps cannot be confused
+
+
+def small_model(name, in_channels=3, num_classes=1, **extra):
+    """``extra`` overrides the small configuration."""
+    return create_model(name, in_channels=in_channels, num_classes=num_classes, **{**SMALL.get(name, {}), **extra})
