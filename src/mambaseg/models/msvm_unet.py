@@ -164,7 +164,7 @@ class MSVMDecoder(nn.Module):
     def __init__(self, num_classes: int, dims=(768, 384, 192, 96), depth: int = 2, drop_path_rate: float = 0.2):
         super().__init__()
         n = len(dims) - 1
-        flat = torch.linspace(drop_path_rate, 0, depth * n).tolist()
+        flat = torch.linspace(drop_path_rate, 0, depth * n, device="cpu").tolist()
         self.layers = nn.ModuleList([UpBlock(dims[s], dims[s + 1], flat[s * depth:(s + 1) * depth])
                                      for s in range(n)])
         self.out_layers = nn.ModuleList([FLKPE(dims[-1], num_classes)])
