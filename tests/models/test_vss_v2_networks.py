@@ -5,6 +5,7 @@ H-vmunet's high-order scan against a composition written from the spec (layer sc
 the encoder-backbone API, bf16 autocast, and a training step."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -349,12 +350,19 @@ def test_a_training_step_lowers_the_loss(name):
     x = torch.randn(2, 3, 32, 32)                    # batch 2: MSVM-UNet's BatchNorms see 1x1 maps at 32x32
     target = (x[:, :1] > 0).long()[:, 0]
     opt = torch.optim.SGD(m.parameters(), lr=1e-2)
+    # parameters without a gradient (deep supervision off): spec §1.7 / 2.5 / 3.4 / 4.3
+    unused = {"swin_umamba": r"out_layers\.[123]\.", "swin_umamba_d": r"decoder\.seg_layers\.[012]\.",
+              "h_vmunet": r"complex_weight$", "msvm_unet": r"^$"}[name]
     losses = []
-    for _ in range(3):
+    for step in range(3):
         out = m(x)
         loss = torch.nn.functional.cross_entropy(out, target)
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         loss.backward()
+        if step == 0:
+            for k, p in m.named_parameters():
+                assert (p.grad is None) == bool(re.search(unused, k)), k
+                assert p.grad is None or torch.isfinite(p.grad).all(), k
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
