@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mambaseg.models import create_model, load_pretrained
-from mambaseg.models.h_vmunet import H_SS2D, HBlock, HVMUNet, Local_SS2D
+from mambaseg.models.h_vmunet import H_SS2D, HBlock, HVMUNet
 from mambaseg.models.msvm_unet import MSVMUNet
 from mambaseg.models.swin_umamba import SwinUMamba
 from mambaseg.models.swin_umamba_d import SwinUMambaD
