@@ -144,3 +144,15 @@ def test_forward_type_parsing():
     for bad in ("v052dc_noz", "v05_noz_oncnorm", "xv1a", "v0"):
         with pytest.raises(ValueError, match="not supported"):
             SS2Dv2(8, forward_type=bad)
+
+
+def test_v2_layer_configured_as_v0_equals_the_v0_ss2d():
+    # spec §A.1: with a gate, conv bias, d_state 16 and ratio 2 the v2 layer is the v0 maths (same key names)
+    from mambaseg.models.vss import SS2D
+    torch.manual_seed(0)
+    v0 = SS2D(8).double()
+    v2 = SS2Dv2(8, d_state=16, ssm_ratio=2.0, conv_bias=True, forward_type="v05").double()
+    v2.load_state_dict(v0.state_dict(), strict=True)
+    x = torch.randn(1, 3, 5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(v2(x.permute(0, 3, 1, 2)), v0(x).permute(0, 3, 1, 2), rtol=1e-10, atol=1e-12)
