@@ -13,6 +13,8 @@ from mambaseg.cli.main import config_dir, list_configs
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_CONFIGS = ["vmunet_isic17", "vmunet_isic18", "vmunet_synapse", "vmunet_v2_isic17", "vmunet_v2_isic18",
                  "vmunet_v2_polyp", "mamba_unet_acdc", "hmt_unet_isic17", "hmt_unet_isic18", "hmt_unet_polyp"]
+# issue 16 (VMamba v2 family): their recipes differ from the VM-UNet family's, checked in their own test
+VSS2_CONFIGS = ["msvm_unet_synapse", "msvm_unet_acdc", "h_vmunet_isic17", "swin_umamba_endovis17"]
 
 
 def _png(path, arr):
@@ -92,12 +94,27 @@ def make_synapse(root):
     (lists / "test_vol.txt").write_text("case0001\ncase0002\n")
 
 
-LAYOUTS = {"isic": make_isic, "polyp": make_polyp, "acdc": make_acdc, "synapse": make_synapse}
+def make_nnunet(root):
+    import json
+    rng = np.random.default_rng(4)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "R", "1": "G", "2": "B"},
+                                                   "labels": {"background": 0, "a": 1, "b": 2},
+                                                   "numTraining": 10, "file_ending": ".png"}))
+    for split, n in (("Tr", 10), ("Ts", 2)):
+        for i in range(n):
+            _png(root / f"images{split}" / f"case{split}{i:03d}_0000.png", rng.integers(0, 255, (30, 40, 3), np.uint8))
+            lab = np.zeros((30, 40), np.uint8)
+            lab[5:15, 5:20], lab[18:25, 10:30] = 1, 2
+            _png(root / f"labels{split}" / f"case{split}{i:03d}.png", lab)
+
+
+LAYOUTS = {"isic": make_isic, "polyp": make_polyp, "acdc": make_acdc, "synapse": make_synapse,
+           "nnunet": make_nnunet}
 
 
 def test_shipped_configs_are_the_top_level_configs():
     shipped = set(list_configs())
-    assert set(PAPER_CONFIGS) | {"demo"} <= shipped
+    assert set(PAPER_CONFIGS) | set(VSS2_CONFIGS) | {"demo"} <= shipped
     top = os.path.join(REPO, "configs")
     for name in shipped:
         a, b = os.path.join(top, name + ".yaml"), os.path.join(config_dir(), name + ".yaml")
@@ -105,7 +122,7 @@ def test_shipped_configs_are_the_top_level_configs():
         assert open(a).read() == open(b).read()
 
 
-@pytest.mark.parametrize("name", PAPER_CONFIGS)
+@pytest.mark.parametrize("name", PAPER_CONFIGS + VSS2_CONFIGS)
 def test_config_loads_against_a_fixture_of_its_layout(name, tmp_path):
     path = os.path.join(config_dir(), name + ".yaml")
     text = open(path).read()
@@ -149,3 +166,20 @@ def test_recipe_numbers_match_the_papers():
         if "isic" in n or "polyp" in n:
             assert m["threshold"] == 0.5 and m["aggregation"] == "pooled" and d["image_size"] == 256
         assert m["select_on"] == "val_dice" and not d.get("upstream_select_on_test_split", False)
+
+
+def test_vss2_recipe_numbers_match_the_spec():
+    cfg = {n: yaml.safe_load(open(os.path.join(config_dir(), n + ".yaml"))) for n in VSS2_CONFIGS}
+    for n in ("msvm_unet_synapse", "msvm_unet_acdc"):                  # upstream_vss_models.md 4.6
+        m, d = cfg[n]["model"], cfg[n]["data"]
+        assert (m["optimizer"], m["lr"], m["scheduler"], m["t_max"], m["eta_min"]) == ("adamw", 5e-4, "cosine", 300,
+                                                                                     1e-6)
+        assert m["weight_decay"] == (1e-3 if n.endswith("synapse") else 1e-4)
+        assert (m["loss"], m["loss_kwargs"]["w_ce"], m["loss_kwargs"]["w_dice"]) == ("ce_dice", 0.4, 0.6)
+        assert cfg[n]["trainer"]["max_epochs"] == 300 and d["batch_size"] == 32 and d["image_size"] == 224
+    m, d = cfg["h_vmunet_isic17"]["model"], cfg["h_vmunet_isic17"]["data"]   # 3.6
+    assert (m["optimizer"], m["lr"], m["weight_decay"], m["t_max"], m["eta_min"]) == ("adamw", 1e-3, 1e-2, 50, 1e-5)
+    assert cfg["h_vmunet_isic17"]["trainer"]["max_epochs"] == 250 and d["batch_size"] == 8 and d["image_size"] == 256
+    m, t = cfg["swin_umamba_endovis17"]["model"], cfg["swin_umamba_endovis17"]["trainer"]   # 1.6
+    assert (m["optimizer"], m["lr"], m["weight_decay"], m["t_max"], m["eta_min"]) == ("adamw", 1e-4, 0.05, 1000, 1e-6)
+    assert (t["max_epochs"], t["limit_train_batches"], t["gradient_clip_val"]) == (1000, 250, 12)
