@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone import BackboneMixin
 from .layers import DropPath, check_input_size, trunc_normal_
 from .registry import register_model
 from .vss import SS2D
@@ -189,7 +190,7 @@ def _init_h_vmunet(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-class HVMUNet(nn.Module):
+class HVMUNet(BackboneMixin, nn.Module):
     """H-vmunet (Wu et al., 2024, arXiv:2403.13642). Returns logits (B, num_classes, H, W); upstream returns
     ``sigmoid`` of them.
 
@@ -202,6 +203,10 @@ class HVMUNet(nn.Module):
 
     H and W must be divisible by 32.
     """
+
+    #: modules the encoder uses (``create_model(..., features_only=True)`` keeps only these)
+    encoder_modules = tuple(f"{m}{i}" for m in ("encoder", "ebn") for i in range(1, 6)) + ("encoder6",)
+    downsample_factor = 32  # input sides must be multiples of this
 
     default_input_size = 256
 
@@ -238,8 +243,11 @@ class HVMUNet(nn.Module):
         self.apply(_init_h_vmunet)
         # t1..t4 (strides 2..16) and encoder6 (stride 32); t5 (128@H/32, encoder6's input) shares encoder6's
         # stride and is left out so that the reductions increase
-        self.feature_info = ([{"num_chs": c[i], "reduction": 2 ** (i + 1), "module": f"encoder{i + 1}"}
-                              for i in range(4)] + [{"num_chs": c[5], "reduction": 32, "module": "encoder6"}])
+        # t_i = gelu(maxpool(ebn_i(encoder_i(x)))) is no module's output: it is the input of encoder_{i+1}, and
+        # the deepest map gelu(encoder6(.)) is the input of decoder1 (timm's "forward_pre" hook points)
+        self.feature_info = ([{"num_chs": c[i], "reduction": 2 ** (i + 1), "module": f"encoder{i + 2}",
+                               "hook_type": "forward_pre"} for i in range(4)]
+                             + [{"num_chs": c[5], "reduction": 32, "module": "decoder1", "hook_type": "forward_pre"}])
 
     def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:
         if not isinstance(x, torch.Tensor):

@@ -41,6 +41,7 @@ from typing import List
 import torch
 import torch.nn as nn
 
+from .backbone import BackboneMixin
 from .layers import check_input_size
 from .pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
 from .registry import register_model
@@ -176,7 +177,7 @@ class MSVMDecoder(nn.Module):
         return self.out_layers[0](x)
 
 
-class MSVMUNet(nn.Module):
+class MSVMUNet(BackboneMixin, nn.Module):
     """MSVM-UNet (Chen et al., 2024, arXiv:2408.13735). Returns logits (B, num_classes, H, W).
 
     Args:
@@ -188,6 +189,10 @@ class MSVMUNet(nn.Module):
 
     H and W must be divisible by 32.
     """
+
+    #: modules the encoder uses (``create_model(..., features_only=True)`` keeps only these)
+    encoder_modules = ("encoder",)
+    downsample_factor = 32  # input sides must be multiples of this
 
     default_input_size = 224
 

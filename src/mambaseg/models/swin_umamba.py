@@ -43,6 +43,7 @@ from typing import Callable, List, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from .backbone import BackboneMixin
 from .layers import check_input_size
 from .pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
 from .pretrained_vmamba import checkpoint_filter_fn
@@ -79,7 +80,7 @@ class VSSMEncoder(nn.Module):
         return outs
 
 
-class SwinUMamba(nn.Module):
+class SwinUMamba(BackboneMixin, nn.Module):
     """Swin-UMamba (Liu et al., MICCAI 2024, arXiv:2402.03302). Returns logits (B, num_classes, H, W), or the
     list [H, H/2, H/4, H/8] of logits when ``deep_supervision``.
 
@@ -92,6 +93,10 @@ class SwinUMamba(nn.Module):
 
     H and W must be divisible by 32.
     """
+
+    #: modules the encoder uses (``create_model(..., features_only=True)`` keeps only these)
+    encoder_modules = ("stem", "vssm_encoder")
+    downsample_factor = 32  # input sides must be multiples of this
 
     default_input_size = 256
 

@@ -37,6 +37,7 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 
+from .backbone import BackboneMixin
 from .layers import check_input_size
 from .pretrained import register_pretrained_loader
 from .registry import register_model
@@ -86,7 +87,7 @@ class UNetResDecoder(nn.Module):
         return [out] + segs[::-1] if self.deep_supervision else out
 
 
-class SwinUMambaD(nn.Module):
+class SwinUMambaD(BackboneMixin, nn.Module):
     """Swin-UMamba† (Liu et al., MICCAI 2024, arXiv:2402.03302). Returns logits (B, num_classes, H, W), or the
     list [H, H/4, H/8, H/16] of logits when ``deep_supervision``.
 
@@ -99,6 +100,10 @@ class SwinUMambaD(nn.Module):
 
     H and W must be divisible by 32.
     """
+
+    #: modules the encoder uses (``create_model(..., features_only=True)`` keeps only these)
+    encoder_modules = ("vssm_encoder",)
+    downsample_factor = 32  # input sides must be multiples of this
 
     default_input_size = 256
 
