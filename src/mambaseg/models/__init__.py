@@ -6,7 +6,8 @@ from .pretrained import load_pretrained, PretrainedReport, PretrainedMismatchErr
 # Each network file registers itself on import. Keep this list in one place.
 import importlib as _importlib
 
-for _m in ("vmunet", "vmunet_v2", "mamba_unet", "hmt_unet", "unet", "att_unet", "unet_pp", "swin_unet"):
+for _m in ("vmunet", "vmunet_v2", "mamba_unet", "hmt_unet", "unet", "att_unet", "unet_pp", "swin_unet",
+           "umamba_bot", "umamba_enc", "lightm_unet", "ultralight_vm_unet", "lkm_unet"):
     try:
         _importlib.import_module(f"{__name__}.{_m}")
     except ModuleNotFoundError as _e:  # a network file that does not exist yet
