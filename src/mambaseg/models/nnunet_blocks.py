@@ -129,6 +129,8 @@ def init_weights_he(module: nn.Module, neg_slope: float = 1e-2) -> None:
     ``kaiming_normal_(weight, a=neg_slope)`` (fan_in, leaky-ReLU gain) and a zero bias. Conv1d and Linear (the
     Mamba parts) and the norms are left alone."""
     if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        if module.weight.is_meta:                      # structure-only build: nothing to initialise
+            return
         module.weight = nn.init.kaiming_normal_(module.weight, a=neg_slope)
         if module.bias is not None:
             module.bias = nn.init.constant_(module.bias, 0)
@@ -137,7 +139,7 @@ def init_weights_he(module: nn.Module, neg_slope: float = 1e-2) -> None:
 def init_last_norm_before_add_to_zero(module: nn.Module) -> None:
     """``init_last_bn_before_add_to_0`` for ``module.apply``: each :class:`BasicBlockD` starts with
     ``conv2.norm`` weight and bias 0 (the block starts as ``nonlin(skip(x))``)."""
-    if isinstance(module, BasicBlockD):
+    if isinstance(module, BasicBlockD) and not module.conv2.norm.weight.is_meta:
         nn.init.zeros_(module.conv2.norm.weight)
         nn.init.zeros_(module.conv2.norm.bias)
 

@@ -132,6 +132,8 @@ class SCAttBridge(nn.Module):
 
 def _upstream_init(m: nn.Module) -> None:
     """Upstream ``_init_weights`` (applied to every module, Mamba internals included)."""
+    if getattr(getattr(m, "weight", None), "is_meta", False):   # structure-only build
+        return
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
