@@ -42,8 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .mamba1 import Mamba
-from .nnunet_blocks import (NNUNetPlan, StackedConvBlocks, StackedResidualBlocks, init_last_norm_before_add_to_zero,
-                            init_weights_he, nnunet_plan_2d)
+from .nnunet_blocks import (NNUNetPlan, StackedConvBlocks, StackedResidualBlocks, check_deep_supervision,
+                            deep_supervision_active, init_last_norm_before_add_to_zero, init_weights_he, nnunet_plan_2d)
 from .registry import register_model
 from .umamba_bot import _NNUNetMambaBase, mamba_fp32
 
@@ -144,9 +144,9 @@ class LKMUNetResDecoder(nn.Module):
     """Stage i: ConvTranspose2d (C_below -> C_skip, kernel = stride, bias), concat the skip, StackedResidualBlocks
     (2 C_skip -> C_skip), seg head; holds ``encoder`` as a child."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, plan: NNUNetPlan, deep_supervision: bool = False):
+    def __init__(self, encoder: nn.Module, num_classes: int, plan: NNUNetPlan, deep_supervision: Union[bool, str] = False):
         super().__init__()
-        self.deep_supervision = bool(deep_supervision)
+        self.deep_supervision = check_deep_supervision(deep_supervision)
         self.encoder = encoder
         self.num_classes = num_classes
         f, k, st, n = plan.features, plan.kernel_sizes, plan.strides, plan.n_stages
@@ -163,15 +163,16 @@ class LKMUNetResDecoder(nn.Module):
     def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
         x = skips[-1]
         outs = []
+        ds = deep_supervision_active(self.deep_supervision, self.training)
         last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
             x = stage(torch.cat((self.transpconvs[i](x), skips[-(i + 2)]), 1))
-            if self.deep_supervision:
+            if ds:
                 outs.append(self.seg_layers[i](x))
             elif i == last:
                 outs.append(self.seg_layers[-1](x))
         outs = outs[::-1]
-        return outs if self.deep_supervision else outs[0]
+        return outs if ds else outs[0]
 
 
 class LKMUNet(_NNUNetMambaBase):
@@ -186,7 +187,8 @@ class LKMUNet(_NNUNetMambaBase):
             the Mamba layers follow the number of stages.
         features_per_stage, strides, kernel_sizes, n_conv_per_stage, n_conv_per_stage_decoder: explicit plan
             lists instead of the canonical ones.
-        deep_supervision: return every decoder stage's logits. Default False (upstream builder: True).
+        deep_supervision: return every decoder stage's logits: True (always, upstream's builder default), False
+            (default), or ``"train"`` (in training mode only, as nnU-Net trains and then validates).
     """
 
     arch_name = "LKM-UNet"
@@ -194,7 +196,7 @@ class LKMUNet(_NNUNetMambaBase):
     def __init__(self, in_channels: int = 3, num_classes: int = 1, patch_size: int = 256,
                  features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence[int]] = None,
                  kernel_sizes: Optional[Sequence[int]] = None, n_conv_per_stage: Optional[Sequence[int]] = None,
-                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: bool = False):
+                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: Union[bool, str] = False):
         super().__init__()
         plan = nnunet_plan_2d(patch_size, features_per_stage, strides, kernel_sizes, n_conv_per_stage,
                               n_conv_per_stage_decoder, model=self.arch_name)

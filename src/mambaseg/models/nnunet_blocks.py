@@ -30,7 +30,7 @@ import torch.nn as nn
 
 __all__ = ["ConvDropoutNormReLU", "StackedConvBlocks", "BasicBlockD", "StackedResidualBlocks", "init_weights_he",
            "init_last_norm_before_add_to_zero", "nnunet_plan_2d", "NNUNetPlan", "instance_norm", "leaky_relu",
-           "deep_supervision_weights", "block_counts_umamba"]
+           "deep_supervision_weights", "block_counts_umamba", "check_deep_supervision", "deep_supervision_active"]
 
 
 def instance_norm(c: int) -> nn.InstanceNorm2d:
@@ -236,3 +236,17 @@ def deep_supervision_weights(n_outputs: int) -> List[float]:
         w[-1] = 0.0
     s = sum(w)
     return [x / s for x in w]
+
+
+def check_deep_supervision(value):
+    """``True`` (always a list, upstream), ``False`` (one tensor) or ``"train"`` (a list in training mode only: what
+    nnU-Net's trainer does with ``set_deep_supervision_enabled(False)`` for validation and inference)."""
+    if value in (True, False) and isinstance(value, (bool, int)):
+        return bool(value)
+    if value == "train":
+        return "train"
+    raise ValueError(f"deep_supervision must be True, False or 'train', got {value!r}")
+
+
+def deep_supervision_active(value, training: bool) -> bool:
+    return value is True or (value == "train" and training)

@@ -29,8 +29,9 @@ Upstream quirks, all kept:
 Differences, each deliberate:
 
 * ``deep_supervision`` defaults to False (a single logits tensor, as every mambaseg model); upstream's builder
-  default is True (list of logits, full resolution first). ``model.decoder.deep_supervision`` can be flipped as
-  nnU-Net's ``set_deep_supervision_enabled`` does.
+  default is True (list of logits, full resolution first). ``model.deep_supervision`` can be flipped as
+  nnU-Net's ``set_deep_supervision_enabled`` does; ``"train"`` returns the list in training mode only (what the
+  nnU-Net trainer does; the engine then applies nnU-Net's deep-supervision loss weights).
 * The Mamba layer runs in float32 under any autocast (upstream disables CUDA autocast and casts fp16 only; we
   also cast bf16, and disable autocast on CPU too).
 * Input sizes not divisible by the product of the strides (64 for plan256) raise a ValueError.
@@ -47,8 +48,8 @@ import torch.nn.functional as F
 
 from .layers import check_input_size
 from .mamba1 import Mamba
-from .nnunet_blocks import (BasicBlockD, NNUNetPlan, block_counts_umamba, init_weights_he, instance_norm,
-                            leaky_relu, nnunet_plan_2d)
+from .nnunet_blocks import (BasicBlockD, NNUNetPlan, block_counts_umamba, check_deep_supervision,
+                            deep_supervision_active, init_weights_he, instance_norm, leaky_relu, nnunet_plan_2d)
 from .registry import register_model
 
 __all__ = ["UMambaBot", "BasicResBlock", "UpsampleLayer", "MambaLayer", "UNetResEncoder", "UNetResDecoder",
@@ -158,9 +159,9 @@ class UNetResDecoder(nn.Module):
     duplicated ``decoder.encoder.*`` keys)."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, plan: NNUNetPlan, n_blocks: Sequence[int],
-                 deep_supervision: bool = False):
+                 deep_supervision: Union[bool, str] = False):
         super().__init__()
-        self.deep_supervision = bool(deep_supervision)
+        self.deep_supervision = check_deep_supervision(deep_supervision)
         self.encoder = encoder
         self.num_classes = num_classes
         f, k, st = plan.features, plan.kernel_sizes, plan.strides
@@ -179,18 +180,19 @@ class UNetResDecoder(nn.Module):
     def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
         x = skips[-1]
         outs = []
+        ds = deep_supervision_active(self.deep_supervision, self.training)
         last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
             x = self.upsample_layers[i](x)
             if i < last:
                 x = torch.cat((x, skips[-(i + 2)]), 1)
             x = stage(x)
-            if self.deep_supervision:
+            if ds:
                 outs.append(self.seg_layers[i](x))
             elif i == last:
                 outs.append(self.seg_layers[-1](x))
         outs = outs[::-1]
-        return outs if self.deep_supervision else outs[0]
+        return outs if ds else outs[0]
 
 
 class _NNUNetMambaBase(nn.Module):
@@ -207,12 +209,12 @@ class _NNUNetMambaBase(nn.Module):
         check_input_size(x, self.in_channels, self.plan.divisor, self.arch_name)
 
     @property
-    def deep_supervision(self) -> bool:
+    def deep_supervision(self):
         return self.decoder.deep_supervision
 
     @deep_supervision.setter
-    def deep_supervision(self, value: bool) -> None:
-        self.decoder.deep_supervision = bool(value)
+    def deep_supervision(self, value) -> None:
+        self.decoder.deep_supervision = check_deep_supervision(value)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_intermediates(x)[-1]
@@ -230,7 +232,8 @@ class UMambaBot(_NNUNetMambaBase):
             divisible by 2^floor(log2(size/4)) works (64 -> 5 stages).
         features_per_stage, strides, kernel_sizes, n_conv_per_stage, n_conv_per_stage_decoder: explicit plan
             lists instead of the canonical ones (the block-count override is applied to them as upstream).
-        deep_supervision: return every decoder stage's logits. Default False (upstream builder: True).
+        deep_supervision: return every decoder stage's logits: True (always, upstream's builder default), False
+            (default), or ``"train"`` (in training mode only, as nnU-Net trains and then validates).
     """
 
     arch_name = "U-Mamba Bot"
@@ -238,7 +241,7 @@ class UMambaBot(_NNUNetMambaBase):
     def __init__(self, in_channels: int = 3, num_classes: int = 1, patch_size: int = 256,
                  features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence[int]] = None,
                  kernel_sizes: Optional[Sequence[int]] = None, n_conv_per_stage: Optional[Sequence[int]] = None,
-                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: bool = False):
+                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: Union[bool, str] = False):
         super().__init__()
         plan = nnunet_plan_2d(patch_size, features_per_stage, strides, kernel_sizes, n_conv_per_stage,
                               n_conv_per_stage_decoder, model=self.arch_name)

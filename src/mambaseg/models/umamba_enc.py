@@ -81,7 +81,8 @@ class UMambaEnc(_NNUNetMambaBase):
             size the network accepts.
         features_per_stage, strides, kernel_sizes, n_conv_per_stage, n_conv_per_stage_decoder: explicit plan
             lists instead of the canonical ones.
-        deep_supervision: return every decoder stage's logits. Default False (upstream builder: True).
+        deep_supervision: return every decoder stage's logits: True (always, upstream's builder default), False
+            (default), or ``"train"`` (in training mode only, as nnU-Net trains and then validates).
     """
 
     arch_name = "U-Mamba Enc"
@@ -89,7 +90,7 @@ class UMambaEnc(_NNUNetMambaBase):
     def __init__(self, in_channels: int = 3, num_classes: int = 1, patch_size: int = 256,
                  features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence[int]] = None,
                  kernel_sizes: Optional[Sequence[int]] = None, n_conv_per_stage: Optional[Sequence[int]] = None,
-                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: bool = False):
+                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: Union[bool, str] = False):
         super().__init__()
         plan = nnunet_plan_2d(patch_size, features_per_stage, strides, kernel_sizes, n_conv_per_stage,
                               n_conv_per_stage_decoder, model=self.arch_name)
