@@ -206,7 +206,13 @@ class _NNUNetMambaBase(nn.Module):
         self.default_input_size = plan.patch_size
 
     def check_input(self, x: torch.Tensor) -> None:
-        check_input_size(x, self.in_channels, self.plan.divisor, self.arch_name)
+        d = self.plan.divisor
+        if x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d):
+            h, w = x.shape[-2:]
+            raise ValueError(f"{self.arch_name}: input size {h}x{w} is not divisible by {d} (the product of the plan's "
+                             f"strides {self.plan.strides}); resize, pad or tile to a multiple of {d}, e.g. "
+                             f"{max(d, round(h / d) * d)}x{max(d, round(w / d) * d)}")
+        check_input_size(x, self.in_channels, d, self.arch_name)
 
     @property
     def deep_supervision(self):
