@@ -19,6 +19,9 @@ Forward on channel-last tokens ``h`` (B, L, d_model), E = expand * d_model, R = 
 5. ``out_proj`` (E -> d_model).
 
 This is exactly upstream's slow path with ``selective_scan_ref`` (the CUDA fast path computes the same steps).
+As upstream's slow path, ``in_proj`` and ``dt_proj`` are applied as plain matmuls on their weights (``x_proj``,
+``conv1d`` and ``out_proj`` as modules), so a thop-style count (``mambaseg profile``'s ``paper`` convention) sees
+the same modules it sees in upstream's code.
 Differences from upstream, each deliberate:
 
 * ``use_fast_path``, ``layer_idx``: accepted for signature compatibility and ignored (there is one path; no
@@ -33,7 +36,6 @@ from typing import Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mambaseg.ops import selective_scan
 
@@ -118,17 +120,21 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba(d_model={self.d_model}): expected tokens (B, L, {self.d_model}), got shape "
                              f"{tuple(hidden_states.shape)}")
-        L, N, R = hidden_states.shape[1], self.d_state, self.dt_rank
-        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)                 # (B, L, E) each
-        x = self.act(self.conv1d(x.transpose(1, 2))[..., :L])              # causal: keep the first L outputs
+        L, N, R, E = hidden_states.shape[1], self.d_state, self.dt_rank, self.d_inner
+        # in_proj as one matmul into the channels-first (B, 2E, L) layout, as upstream (x and z then come out
+        # contiguous along L for the conv and the scan)
+        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        x, z = xz[:, :E], xz[:, E:]
+        x = self.act(self.conv1d(x)[..., :L])                               # causal: keep the first L outputs
         dt, Bm, Cm = torch.split(self.x_proj(x.transpose(1, 2)), [R, N, N], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight)                          # (B, L, E), bias inside the scan
+        delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))      # (B, E, L); bias inside the scan
         cdt = torch.promote_types(x.dtype, torch.float32)
         y = selective_scan(
-            x.to(cdt), delta.transpose(1, 2).to(cdt), -torch.exp(self.A_log.to(cdt)),
+            x.to(cdt), delta.to(cdt), -torch.exp(self.A_log.to(cdt)),
             Bm.transpose(1, 2).to(cdt).contiguous(), Cm.transpose(1, 2).to(cdt).contiguous(),
-            D=self.D.to(cdt), z=z.transpose(1, 2).to(cdt), delta_bias=self.dt_proj.bias.to(cdt),
-            delta_softplus=True)                                            # (B, E, L)
+            D=self.D.to(cdt), z=z.to(cdt), delta_bias=self.dt_proj.bias.to(cdt), delta_softplus=True)   # (B, E, L)
         return self.out_proj(y.to(x.dtype).transpose(1, 2))
 
     def extra_repr(self) -> str:
