@@ -186,7 +186,19 @@ class SegmentationModule(pl.LightningModule):
         return (s, s) if isinstance(s, int) else tuple(s)
 
     def _loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, (list, tuple)):  # deep supervision (nnU-Net nets, deep_supervision="train")
+            return self._deep_supervision_loss(len(logits))(logits, mask)
         return self.loss_fn(logits, mask)
+
+    def _deep_supervision_loss(self, n: int):
+        """nnU-Net's deep-supervision loss for ``n`` outputs (full resolution first): weights ``2^-i``, the lowest
+        resolution 0, normalised; the target is downsampled (nearest) to each output."""
+        cache = self.__dict__.setdefault("_ds_losses", {})  # a plain dict: not a sub-module, no state_dict keys
+        if n not in cache:
+            from mambaseg.losses import DeepSupervisionLoss
+            from mambaseg.models.nnunet_blocks import deep_supervision_weights
+            cache[n] = DeepSupervisionLoss(self.loss_fn, deep_supervision_weights(n), resize="target")
+        return cache[n]
 
     # ----------------------------------------------------------------------------------------------------------
     # training

@@ -8,7 +8,8 @@ from .hub import from_pretrained, save_pretrained
 import importlib as _importlib
 
 for _m in ("vmunet", "vmunet_v2", "mamba_unet", "hmt_unet", "unet", "att_unet", "unet_pp", "swin_unet",
-           "msvm_unet", "swin_umamba", "swin_umamba_d", "h_vmunet"):
+           "msvm_unet", "swin_umamba", "swin_umamba_d", "h_vmunet",
+           "umamba_bot", "umamba_enc", "lightm_unet", "ultralight_vm_unet", "lkm_unet"):
     try:
         _importlib.import_module(f"{__name__}.{_m}")
     except ModuleNotFoundError as _e:  # a network file that does not exist yet

@@ -1,0 +1,129 @@
+"""U-Mamba Enc (2-D): U-Mamba with a Mamba layer after every other encoder stage.
+
+Paper: J. Ma, F. Li, B. Wang, "U-Mamba: Enhancing Long-range Dependency for Biomedical Image Segmentation",
+arXiv:2401.04722 (2024). Upstream: https://github.com/bowang-lab/U-Mamba (commit 28459e3,
+``umamba/nnunetv2/nets/UMambaEnc_2d.py``, trainers ``nnUNetTrainerUMambaEnc`` / ``nnUNetTrainerUMambaEncNoAMP``),
+described in ``upstream_mamba1_models.md`` §4; our own code on the blocks of :mod:`mambaseg.models.umamba_bot`.
+Module names equal upstream's (``encoder.{stem,mamba_layers,stages}``, ``decoder.*`` incl. the duplicated
+``decoder.encoder.*``), so upstream state dicts load with ``strict=True``.
+
+Same stem, stages, block-count override, decoder (no skip at the last stage), He init and logits as U-Mamba Bot;
+the encoder (upstream ``ResidualMambaEncoder``) runs ``mamba_layers[s]`` after stage ``s`` when ``s`` is odd XOR
+the number of stages is odd (plan256: stages 0, 2, 4, 6; plan512: 1, 3, 5, 7; the others are ``nn.Identity``,
+keeping the ModuleList indices). Each Mamba layer works either on pixel tokens (dim = C_s, L = H_s*W_s) or, where
+the map is small (H_s*W_s <= C_s), on **channel tokens** (dim = H_s*W_s, L = C_s), decided from the patch size.
+
+Upstream quirks, all kept: no residual around the Mamba layers; the block-count override; no skip at the last
+decoder stage; the channel-token layers' width is the planned H_s*W_s, so **the network only runs at the patch
+size it was built for** (upstream fails deep inside; here ``forward`` refuses any other size with one line
+naming the size to build for, ``patch_size=...``).
+
+Differences, each deliberate: ``deep_supervision`` defaults to False (upstream builder: True); the Mamba layers
+run in float32 under any autocast (upstream: fp16 cast + CUDA autocast off); nothing is printed at construction.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .nnunet_blocks import NNUNetPlan, block_counts_umamba, init_weights_he, nnunet_plan_2d
+from .registry import register_model
+from .umamba_bot import MambaLayer, UNetResDecoder, _NNUNetMambaBase, _res_stage
+
+__all__ = ["UMambaEnc", "ResidualMambaEncoder"]
+
+
+class ResidualMambaEncoder(nn.Module):
+    """``stem``, ``mamba_layers`` (ModuleList, Identity where there is none), ``stages`` (ModuleList); returns the
+    stage outputs after their Mamba layers (the skips)."""
+
+    def __init__(self, in_channels: int, plan: NNUNetPlan, n_blocks: Sequence[int]):
+        super().__init__()
+        f, k, s, n = plan.features, plan.kernel_sizes, plan.strides, plan.n_stages
+        self.stem = _res_stage(in_channels, f[0], n_blocks[0], k[0], 1)
+        size = plan.patch_size
+        self.feature_map_sizes, self.do_channel_token, layers = [], [], []
+        for i in range(n):
+            size //= s[i]
+            self.feature_map_sizes.append((size, size))
+            channel_token = size * size <= f[i]
+            self.do_channel_token.append(channel_token)
+            if (i % 2 == 1) != (n % 2 == 1):
+                layers.append(MambaLayer(dim=size * size if channel_token else f[i], channel_token=channel_token))
+            else:
+                layers.append(nn.Identity())
+        self.mamba_layers = nn.ModuleList(layers)
+        self.stages = nn.ModuleList([_res_stage(f[i - 1] if i else f[0], f[i], n_blocks[i], k[i], s[i])
+                                     for i in range(n)])
+        self.output_channels = list(f)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = self.stem(x)
+        skips = []
+        for stage, mamba in zip(self.stages, self.mamba_layers):
+            x = mamba(stage(x))
+            skips.append(x)
+        return skips
+
+
+class UMambaEnc(_NNUNetMambaBase):
+    """U-Mamba Enc 2-D (Ma et al., 2024, arXiv:2401.04722). Input (B, in_channels, P, P) with P the
+    ``patch_size`` it was built for; output logits (B, num_classes, P, P), or with ``deep_supervision`` a list of
+    logits, full resolution first.
+
+    Args:
+        in_channels: image channels. Default 3.
+        num_classes: output channels (nnU-Net: segmentation heads incl. background). Default 1.
+        patch_size: the nnU-Net plan (256: 7 stages, default; 512: 8 stages; 64: 5 stages) and the only input
+            size the network accepts.
+        features_per_stage, strides, kernel_sizes, n_conv_per_stage, n_conv_per_stage_decoder: explicit plan
+            lists instead of the canonical ones.
+        deep_supervision: return every decoder stage's logits: True (always, upstream's builder default), False
+            (default), or ``"train"`` (in training mode only, as nnU-Net trains and then validates).
+    """
+
+    arch_name = "U-Mamba Enc"
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1, patch_size: int = 256,
+                 features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence[int]] = None,
+                 kernel_sizes: Optional[Sequence[int]] = None, n_conv_per_stage: Optional[Sequence[int]] = None,
+                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: Union[bool, str] = False):
+        super().__init__()
+        plan = nnunet_plan_2d(patch_size, features_per_stage, strides, kernel_sizes, n_conv_per_stage,
+                              n_conv_per_stage_decoder, model=self.arch_name)
+        self._setup(in_channels, num_classes, plan)
+        n_enc, n_dec = block_counts_umamba(plan.n_conv_encoder, plan.n_conv_decoder)
+        self.n_blocks_per_stage, self.n_conv_per_stage_decoder = n_enc, n_dec
+        self.encoder = ResidualMambaEncoder(in_channels, plan, n_enc)
+        self.decoder = UNetResDecoder(self.encoder, num_classes, plan, n_dec, deep_supervision)
+        self.feature_info = [
+            dict(num_chs=c, reduction=r, module=(f"encoder.mamba_layers.{i}"
+                                                 if isinstance(self.encoder.mamba_layers[i], MambaLayer)
+                                                 else f"encoder.stages.{i}"))
+            for i, (c, r) in enumerate(zip(plan.features, plan.reductions))]
+        self.apply(init_weights_he)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        super().check_input(x)
+        p = self.plan.patch_size
+        if tuple(x.shape[-2:]) != (p, p):
+            raise ValueError(f"{self.arch_name} was built for {p}x{p} inputs (its channel-token Mamba layers have "
+                             f"the planned map sizes), got {x.shape[-2]}x{x.shape[-1]}: build it with "
+                             f"patch_size={x.shape[-2]} for that size, or resize/tile the input to {p}x{p}")
+
+    def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The skips: stage outputs, after the Mamba layer where the stage has one."""
+        self.check_input(x)
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+        return self.decoder(self.forward_intermediates(x))
+
+
+@register_model("umamba_enc", paper="U-Mamba (Ma, Li & Wang, 2024, arXiv:2401.04722)", default_size=256)
+def umamba_enc(in_channels: int = 3, num_classes: int = 1, **kwargs) -> UMambaEnc:
+    """U-Mamba Enc 2-D, nnU-Net 256 plan; Mamba after encoder stages 0, 2, 4, 6; only runs at its patch size."""
+    return UMambaEnc(in_channels=in_channels, num_classes=num_classes, **kwargs)
