@@ -17,8 +17,23 @@ SMALL = {
     "att_unet": dict(base_channels=4),
     "unet_pp": dict(base_channels=4),
     "swin_unet": dict(img_size=(64, 128), window_size=2, embed_dim=12, depths=(1, 1, 1, 1)),
+    # nnU-Net-planned networks: the 64x64 plan (UMambaEnc takes exactly its plan's size)
+    "umamba_bot": dict(patch_size=64),
+    "umamba_enc": dict(patch_size=64),
+    "lkm_unet": dict(patch_size=64),
+    "lightm_unet": dict(init_filters=8),
+    "swin_umamba": dict(depths=(1, 1, 1, 1)),
+    "swin_umamba_d": dict(depths=(1, 1, 1, 1)),
+    "msvm_unet": dict(depths=(1, 1, 1, 1)),
 }
+# networks that take only one input size (their plan's): that size instead of SIZE
+FIXED_SIZE = {"umamba_enc": (64, 64)}
 SIZE = (64, 128)  # (H, W); not square so channels-last and channels-first maps cannot be confused
+
+
+def size_for(name, default=None):
+    """The (H, W) a test should feed ``small_model(name)``: ``default`` (SIZE) unless the network is fixed-size."""
+    return FIXED_SIZE.get(name, default or SIZE)
 
 
 def small_model(name, in_channels=3, num_classes=1, **extra):

@@ -10,7 +10,7 @@ import torch
 from mambaseg.models import create_model, list_models
 from mambaseg.models.backbone import FeatureEncoder
 
-from small_models import SIZE, small_model
+from small_models import SIZE, size_for, small_model  # noqa: F401
 
 
 def _to_nchw(t, c, h, w):
@@ -43,6 +43,7 @@ def _hooked_maps(model, x):
 
 @pytest.mark.parametrize("name", list_models())
 def test_feature_info_and_intermediates_match_the_full_network(name):
+    SIZE = size_for(name)
     torch.manual_seed(0)
     model = small_model(name).eval()
     info = model.feature_info
@@ -63,6 +64,7 @@ def test_feature_info_and_intermediates_match_the_full_network(name):
 
 @pytest.mark.parametrize("name", list_models())
 def test_features_only_is_the_encoder_alone(name):
+    SIZE = size_for(name)
     torch.manual_seed(0)
     full = small_model(name).eval()
     enc = create_model(name, features_only=True, **_kwargs(name)).eval()

@@ -9,11 +9,12 @@ import torch
 from mambaseg.models import create_model, from_pretrained, list_models, save_pretrained
 from mambaseg.models.hub import PretrainedFolderError, pull_from_hub, read_config
 
-from small_models import SIZE, small_model
+from small_models import SIZE, size_for, small_model  # noqa: F401
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_round_trip_every_network(name, tmp_path, monkeypatch):
+    SIZE = size_for(name)
     torch.manual_seed(0)
     model = small_model(name, in_channels=1, num_classes=4).eval()
     with torch.no_grad():                                    # non-default weights everywhere (BN stats too)

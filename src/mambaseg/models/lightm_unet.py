@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone import BackboneMixin
 from .layers import check_input_size
 from .mamba1 import Mamba
 from .registry import register_model
@@ -118,7 +119,7 @@ class ResUpBlock(nn.Module):
         return self.act(self.norm2(y))
 
 
-class LightMUNet(nn.Module):
+class LightMUNet(BackboneMixin, nn.Module):
     """LightM-UNet 2-D (Liao et al., 2024, arXiv:2403.05246). Input (B, in_channels, H, W), H and W divisible by
     8; output logits (B, num_classes, H, W).
 
@@ -130,6 +131,9 @@ class LightMUNet(nn.Module):
         blocks_up: ResUpBlocks per decoder stage. Default [1, 1, 1].
         num_groups: GroupNorm groups. Default 8.
     """
+
+    #: modules the encoder uses (``create_model(..., features_only=True)`` keeps only these)
+    encoder_modules = ("convInit", "down_layers")
 
     default_input_size = 256
 
@@ -161,7 +165,7 @@ class LightMUNet(nn.Module):
         self.up_layers = nn.ModuleList(ups)
         self.up_samples = nn.ModuleList(samples)
         self.conv_final = nn.Sequential(nn.GroupNorm(num_groups, f), self.act_mod, dwconv(f, num_classes, 1, bias=True))
-        self.divisor = 2 ** (len(self.blocks_down) - 1)
+        self.divisor = self.downsample_factor = 2 ** (len(self.blocks_down) - 1)
         self.feature_info = [dict(num_chs=f * 2 ** i, reduction=2 ** i, module=f"down_layers.{i}")
                              for i in range(len(self.blocks_down))]
 

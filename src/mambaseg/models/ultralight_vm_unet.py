@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone import BackboneMixin
 from .layers import check_input_size, trunc_normal_
 from .mamba1 import Mamba
 from .registry import register_model
@@ -148,7 +149,7 @@ def _upstream_init(m: nn.Module) -> None:
             m.bias.data.zero_()
 
 
-class UltraLightVMUNet(nn.Module):
+class UltraLightVMUNet(BackboneMixin, nn.Module):
     """UltraLight VM-UNet (Wu et al., Patterns 2025, arXiv:2403.20035). Input (B, in_channels, H, W), H and W
     divisible by 32; output logits (B, num_classes, H, W) (upstream: sigmoid probabilities).
 
@@ -160,6 +161,10 @@ class UltraLightVMUNet(nn.Module):
         bridge: use the SC-Att bridge. Default True (``False``: 32,843 parameters).
         output: ``"logits"`` (default) or ``"probabilities"`` (upstream's sigmoid).
     """
+
+    #: modules the encoder uses (``create_model(..., features_only=True)`` keeps only these)
+    encoder_modules = tuple(f"{m}{i}" for m in ("encoder", "ebn") for i in range(1, 6)) + ("encoder6",)
+    downsample_factor = 32  # input sides must be multiples of this
 
     default_input_size = 256
 
@@ -191,8 +196,11 @@ class UltraLightVMUNet(nn.Module):
         for i in range(5):
             setattr(self, f"dbn{i + 1}", nn.GroupNorm(4, c[4 - i]))
         self.final = nn.Conv2d(c[0], num_classes, kernel_size=1)
-        self.feature_info = [dict(num_chs=c[i], reduction=2 ** (i + 1), module=f"encoder{i + 1}") for i in range(4)]
-        self.feature_info.append(dict(num_chs=c[5], reduction=32, module="encoder6"))
+        # each map is gelu(maxpool(ebn_i(encoder_i(x)))), no module's output: the input of encoder_{i+1}; the deepest,
+        # gelu(encoder6(.)), is the input of decoder1 (timm's "forward_pre" hook points)
+        self.feature_info = [dict(num_chs=c[i], reduction=2 ** (i + 1), module=f"encoder{i + 2}", hook_type="forward_pre")
+                             for i in range(4)]
+        self.feature_info.append(dict(num_chs=c[5], reduction=32, module="decoder1", hook_type="forward_pre"))
         self.apply(_upstream_init)
 
     def _encode(self, x: torch.Tensor):

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone import BackboneMixin
 from .layers import check_input_size
 from .mamba1 import Mamba
 from .nnunet_blocks import (BasicBlockD, NNUNetPlan, block_counts_umamba, check_deep_supervision,
@@ -195,11 +196,17 @@ class UNetResDecoder(nn.Module):
         return outs if ds else outs[0]
 
 
-class _NNUNetMambaBase(nn.Module):
+class _NNUNetMambaBase(BackboneMixin, nn.Module):
     """Shared plumbing: plan, input check, encoder-backbone API (``feature_info``, ``forward_intermediates``,
     ``forward_features``)."""
 
     arch_name = "nnU-Net"
+    #: modules the encoder uses (``create_model(..., features_only=True)`` keeps only these)
+    encoder_modules = ("encoder", "mamba_layer")
+
+    @property
+    def downsample_factor(self) -> int:  # read by the engine's size check
+        return self.plan.divisor
 
     def _setup(self, in_channels, num_classes, plan: NNUNetPlan):
         self.in_channels, self.num_classes, self.plan = in_channels, num_classes, plan
