@@ -163,15 +163,16 @@ def test_native_float32_exp_and_log1p_errors_against_float64():
 
 
 @pytest.mark.skipif(not HAS_NATIVE, reason="no native kernel on this machine")
+@pytest.mark.parametrize("n", [8, 16])
 @pytest.mark.parametrize("l", [5, 8, 29])
-def test_native_plain_scan_n16_fp32_paths_match_reference(l):
-    """n = 16 float32 runs the hand-vectorised recurrences (8-step blocks + a tail): forward, last state, z
+def test_native_plain_scan_n8_n16_fp32_paths_match_reference(l, n):
+    """n = 8 and 16, float32, run the hand-vectorised recurrences (8-step blocks + a tail): forward, last state, z
     gate and every gradient against the float64 reference, l below, at and off a multiple of 8."""
     from mambaseg.ops import selective_scan
     g = torch.Generator().manual_seed(l)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    inp = dict(u=r(2, 4, l), delta=0.5 * r(2, 4, l), A=-torch.rand(4, 16, generator=g, dtype=torch.float64) - 0.1,
-               B=r(2, 2, 16, l), C=r(2, 2, 16, l), D=r(4), z=r(2, 4, l), delta_bias=0.3 * r(4))
+    inp = dict(u=r(2, 4, l), delta=0.5 * r(2, 4, l), A=-torch.rand(4, n, generator=g, dtype=torch.float64) - 0.1,
+               B=r(2, 2, n, l), C=r(2, 2, n, l), D=r(4), z=r(2, 4, l), delta_bias=0.3 * r(4))
 
     def go(fn, dtype, **kw):
         a = {k: v.to(dtype).requires_grad_(True) for k, v in inp.items()}
