@@ -3,6 +3,14 @@
     python benchmarks/scan.py                 # CPU, batch 2, N=16 (the foundation issue's table)
     python benchmarks/scan.py --quick         # tiny shapes, seconds (smoke test)
     python benchmarks/scan.py --device cuda --batch 32
+    python benchmarks/scan.py --compare main --shapes a --rounds 5   # this checkout vs main, side by side
+    python benchmarks/scan.py --compare main --op cross            # SS2D's cross-scan + scan + merge
+
+``--compare REV`` times the same workers for git revision REV (its ``src/`` exported with ``git archive``) in
+the same invocation, alternating old and new subprocesses for --rounds rounds, and prints the medians over the
+rounds with old/new ratios (the machine is shared: only such same-run ratios mean anything). ``--op cross``
+times what SS2D runs: cross_scan -> scan -> cross_merge on a (b, d/4, h, w) map with h*w = l, h <= w as square as possible, or the
+fused ``cross_selective_scan`` where the revision has it.
 
 Shapes (VM-UNet at 256x256, 4 scan directions as groups): d*l = 768*4096, 1536*1024, 3072*256, 6144*64.
 Each (shape, backend, mode) runs in a fresh subprocess so peak memory is its own: "peak extra MB" is the
@@ -30,6 +38,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _compare import env_for, export_src, ratio, this_src  # noqa: E402
+
 SHAPES = {"a": (768, 4096), "b": (1536, 1024), "c": (3072, 256), "d": (6144, 64)}
 QUICK = {"a": (96, 512), "b": (192, 128), "c": (384, 32), "d": (768, 8)}
 
@@ -44,6 +55,7 @@ def worker(cfg: dict) -> dict:
 
     import torch
 
+    import mambaseg.ops as ops
     from mambaseg.ops import selective_scan
 
     if cfg.get("mamba_ssm_ext"):
@@ -62,8 +74,33 @@ def worker(cfg: dict) -> dict:
             v.requires_grad_(True)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
+    if cfg.get("op") == "cross":
+        hh = max(i for i in range(1, int(math.isqrt(l)) + 1) if l % i == 0)
+        ww = l // hh
+        dd = d // g
+        x = torch.randn(b, dd, hh, ww, device=dev)
+        inputs = dict(u=x.reshape(b, dd, l), delta=inputs["delta"].view(b, g, dd, l), A=inputs["A"],
+                      B=inputs["B"], C=inputs["C"], D=inputs["D"], delta_bias=inputs["delta_bias"])
+        if bwd:
+            inputs = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+        fused = getattr(ops, "cross_selective_scan", None)
+
+        def scan_fn(u, delta, A, B, C, D, delta_bias, delta_softplus, backend):
+            if fused is not None:
+                return fused(u, delta, A, B, C, D, delta_bias, delta_softplus, h=hh, w=ww, backend=backend)
+            perm = ops.cross_scan(torch.arange(l, device=dev).view(1, 1, hh, ww)).view(4, l)
+            xs = ops.cross_scan(u.view(b, dd, hh, ww)).reshape(b, g * dd, l)
+            dl = torch.stack([delta[:, k, :, perm[k]] for k in range(g)], 1).reshape(b, g * dd, l)
+            Bs = torch.stack([B[:, k, :, perm[k]] for k in range(g)], 1)
+            Cs = torch.stack([C[:, k, :, perm[k]] for k in range(g)], 1)
+            y = selective_scan(xs, dl, A, Bs, Cs, D, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                               backend=backend)
+            return ops.cross_merge(y.view(b, g, dd, l), hh, ww)
+    else:
+        scan_fn = selective_scan
+
     def call():
-        y = selective_scan(**inputs, delta_softplus=True, backend=cfg["backend"])
+        y = scan_fn(**inputs, delta_softplus=True, backend=cfg["backend"])
         if bwd:
             y.backward(torch.ones_like(y))
             for v in inputs.values():
@@ -124,9 +161,11 @@ def measured_copy_gbs() -> float:
     return 2 * x.numel() * 4 / best / 1e9
 
 
-def run_sub(cfg: dict) -> dict:
+def run_sub(cfg: dict, src: str | None = None) -> dict:
     env = dict(os.environ)
     env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    if src:
+        env = env_for(src)
     r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True,
                        env=env, timeout=cfg.get("timeout", 1800))
     if r.returncode != 0:
@@ -150,11 +189,18 @@ def main(argv=None) -> int:
     p.add_argument("--mamba-ssm-ext", default=None, metavar="DIR",
                    help="also time mamba-ssm's CUDA kernel built into DIR by benchmarks/mamba_ssm_ext.py "
                         "(backend 'mamba_ssm_ext')")
+    p.add_argument("--compare", default=None, metavar="REV",
+                   help="also time git revision REV in the same run, alternating, and print old vs new")
+    p.add_argument("--rounds", type=int, default=3, help="--compare: old/new subprocess pairs per measurement")
+    p.add_argument("--op", default="scan", choices=["scan", "cross"],
+                   help="scan: selective_scan alone; cross: SS2D's cross-scan + scan + merge")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.compare:
+        return compare(args)
 
     import torch
 
@@ -186,7 +232,7 @@ def main(argv=None) -> int:
                     continue
                 reps = 1 if be == "reference" else args.repeats
                 cfg = dict(device=args.device, batch=args.batch, n=args.n, d=d, l=l, backend=be, mode=mode,
-                           repeats=reps, budget_s=60, mamba_ssm_ext=args.mamba_ssm_ext)
+                           repeats=reps, budget_s=60, mamba_ssm_ext=args.mamba_ssm_ext, op=args.op)
                 res[be, mode] = run_sub(cfg)
         ref_f, ref_b = res["reference", "fwd"], res["reference", "fwd+bwd"]
         for be in ["reference", *fast]:
@@ -219,6 +265,40 @@ def main(argv=None) -> int:
                         print(f"{'':>14} {be:>10}   {mode} bandwidth {gbs:8.0f} GB/s = "
                               f"{100 * gbs / args.peak_gbs:5.1f} % of {args.peak_gbs:.0f} GB/s")
     print("x ref = reference min time / backend min time, measured in this run.")
+    return 0
+
+
+def compare(args) -> int:
+    """Old (REV) vs new (this checkout), alternating subprocesses, medians over --rounds."""
+    old_src, new_src = export_src(args.compare), this_src()
+    backends = args.backends.split(",") if args.backends else ["native"]
+    shapes = QUICK if args.quick else SHAPES
+    print(f"selective scan ({args.op}), device={args.device}, batch={args.batch}, n={args.n}, groups=4, fp32; "
+          f"old = {args.compare}, new = this checkout; median over {args.rounds} rounds of the per-round median "
+          f"of {args.repeats} calls, old and new alternating")
+    hdr = f"{'shape':>10} {'backend':>9} {'mode':>8} | {'old ms':>9} {'new ms':>9} {'old/new':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for key in args.shapes:
+        d, l = shapes[key]
+        for be in backends:
+            for mode in ("fwd", "fwd+bwd"):
+                cfg = dict(device=args.device, batch=args.batch, n=args.n, d=d, l=l, backend=be, mode=mode,
+                           repeats=args.repeats, budget_s=60, op=args.op)
+                meds = {"old": [], "new": []}
+                for i in range(args.rounds):
+                    order = [("new", new_src), ("old", old_src)] if i % 2 else [("old", old_src), ("new", new_src)]
+                    for tag, src in order:
+                        r = run_sub(cfg, src)
+                        if "error" in r:
+                            print(f"  {tag}: error: {r['error'][:100]}")
+                        else:
+                            meds[tag].append(r["median_ms"])
+                o = statistics.median(meds["old"]) if meds["old"] else None
+                n = statistics.median(meds["new"]) if meds["new"] else None
+                print(f"{f'{d}x{l}':>10} {be:>9} {mode:>8} | {o or float('nan'):9.1f} {n or float('nan'):9.1f} "
+                      f"{ratio(o, n):>8}", flush=True)
+    print("old/new > 1: this checkout is faster. Shared machine: read the ratios, not the absolute times.")
     return 0
 
 

@@ -112,24 +112,24 @@ def test_ss2d_float32_close_to_float64_oracle():
     torch.testing.assert_close(m.float()(x), ref, rtol=1e-4, atol=1e-5)
 
 
-def test_ss2d_calls_grouped_scan_in_fp32_with_bias_and_softplus(monkeypatch):
+def test_ss2d_calls_the_fused_cross_scan_in_fp32_with_bias_and_softplus(monkeypatch):
     calls = []
-    real = vss.selective_scan
+    real = vss.cross_selective_scan
 
-    def spy(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, **kw):
-        calls.append(dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+    def spy(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, **kw):
+        calls.append(dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias,
                           delta_softplus=delta_softplus, kw=kw))
-        return real(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, **kw)
+        return real(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus, **kw)
 
-    monkeypatch.setattr(vss, "selective_scan", spy)
+    monkeypatch.setattr(vss, "cross_selective_scan", spy)
     m = SS2D(16)                                   # D = 32, N = 16, L = 12
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m(torch.randn(2, 3, 4, 16))
     (c,) = calls
-    assert c["kw"] == {}                           # no backend argument: the process default is used
-    assert c["u"].shape == (2, 4 * 32, 12) and c["delta"].shape == (2, 128, 12)
+    assert c["kw"] == {"h": 3, "w": 4}             # no backend argument: the process default is used
+    assert c["u"].shape == (2, 32, 12) and c["delta"].shape == (2, 4, 32, 12)
     assert c["A"].shape == (128, 16) and c["B"].shape == (2, 4, 16, 12) and c["C"].shape == (2, 4, 16, 12)
-    assert c["D"].shape == (128,) and c["delta_bias"].shape == (128,) and c["z"] is None
+    assert c["D"].shape == (128,) and c["delta_bias"].shape == (128,)
     assert c["delta_softplus"] is True
     for k in ("u", "delta", "A", "B", "C", "D", "delta_bias"):
         assert c[k].dtype == torch.float32, k

@@ -68,6 +68,13 @@ def _rewrite_config_args(argv: List[str]) -> List[str]:
             out += [a, resolve_config_path(argv[i + 1])]
             i += 2
             continue
+        if a == "--precision" or a.startswith("--precision="):  # fit/validate/test: --precision fp32|bf16
+            v = argv[i + 1] if a == "--precision" and i + 1 < len(argv) else a.partition("=")[2]
+            if v not in ("fp32", "bf16"):
+                raise ValueError(f"--precision must be fp32 or bf16, got {v!r}")
+            out.append("--trainer.precision=" + ("bf16-mixed" if v == "bf16" else "32-true"))
+            i += 2 if a == "--precision" else 1
+            continue
         if a.startswith("--config="):
             out.append("--config=" + resolve_config_path(a.split("=", 1)[1]))
         else:

@@ -34,6 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: bfloat16 autocast for the GEMMs/convs (scan and norms stay fp32)")
     return p
 
 
@@ -52,6 +54,9 @@ def run(args) -> int:
                 raise FileExistsError(f"{d} already holds predictions; choose another --out, or pass --overwrite "
                                       "to replace files of the same name (nothing was written)")
     module = load_module(args.ckpt, device=args.device)
+    if getattr(args, "precision", "fp32") != "fp32":
+        from mambaseg.engine.precision import with_precision
+        module.net = with_precision(module.net, args.precision)
     res = predict_paths(module, args.input, out, overlays=not args.no_overlay, threshold=args.threshold,
                         progress=not args.no_progress, device=args.device, overwrite=overwrite)
     print(f"wrote {len(res.written)} prediction(s) to {os.path.join(out, 'masks')}")

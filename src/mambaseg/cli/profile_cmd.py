@@ -56,6 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device for the latency measurement: cpu or cuda[:i]")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
                    help="precision for the latency measurement (counts do not depend on it)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help="short for --dtype float32 / --dtype bfloat16 (autocast)")
     p.add_argument("--in-channels", type=_positive, default=3, help="input channels (default 3, as the papers)")
     p.add_argument("--num-classes", type=_positive, default=1, help="output classes (default 1)")
     p.add_argument("--conventions", default="paper,full",
@@ -92,6 +94,8 @@ def run(args) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if getattr(args, "precision", None):
+        args.dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.precision]
     try:
         prof = profile_model(args.model, size=args.size, batch=args.batch, device=args.device, dtype=args.dtype,
                              in_channels=args.in_channels, num_classes=args.num_classes, conventions=conventions,

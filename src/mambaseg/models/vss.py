@@ -18,9 +18,11 @@ upstream's (``ln_1``, ``self_attention``, ``in_proj``, ``conv2d``, ``x_proj_weig
 ``dt_projs_bias``, ``A_logs``, ``Ds``, ``out_norm``, ``out_proj``, ``downsample.{norm,reduction}``,
 ``upsample.{expand,norm}``, ...), so upstream state dicts load with ``strict=True``.
 
-The scan is :func:`mambaseg.ops.selective_scan` (process-default backend) on the grouped ``(b, 4, n, l)``
-B/C form, with ``delta_bias`` and ``delta_softplus=True``, computed in float32 (float64 stays float64) also under
-autocast. Directions and their merge are :func:`mambaseg.ops.cross_scan` / :func:`mambaseg.ops.cross_merge`.
+The scan is :func:`mambaseg.ops.cross_selective_scan` (process-default backend): the four cross-scan
+directions, the grouped selective scan (``delta_bias``, ``delta_softplus=True``) and the merge in one op, on
+projections computed once on the row-major map (a deliberate difference in evaluation order only: the same
+numbers as upstream's per-direction projections of the cross-scanned copies). Computed in float32 (float64
+stays float64) also under autocast.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg.ops import cross_merge, cross_scan, selective_scan
+from mambaseg.ops import cross_selective_scan
 
 from .layers import DropPath, check_input_size, init_linear_and_norms
 
@@ -125,26 +127,27 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, D, H, W) after conv+SiLU -> merged scan output (B, D, H*W) in the compute dtype (>= float32)."""
+        """x: (B, D, H, W) after conv+SiLU -> merged scan output (B, D, H*W) in the compute dtype (>= float32).
+
+        Upstream projects each of the 4 cross-scanned copies of x. Here ``x_proj`` and ``dt_proj`` run once on
+        the row-major map (direction k's projection W_k @ x at every row-major position: the same numbers,
+        permuted), and :func:`mambaseg.ops.cross_selective_scan` walks the 4 orders itself, so no (B, 4, D, L)
+        copy of x is made; its output is already merged and row-major."""
         B, D, H, W = x.shape
-        L, K, N = H * W, self.K, self.d_state
-        xs = cross_scan(x)                                                       # (B, K, D, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)          # (B, K, R+2N, L)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, N, N], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)         # (B, K, D, L), bias in the scan
+        L, K, N, R = H * W, self.K, self.d_state, self.dt_rank
+        xf = x.reshape(B, D, L)
+        x_dbl = torch.matmul(self.x_proj_weight.reshape(K * (R + 2 * N), D), xf).view(B, K, R + 2 * N, L)
+        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)                      # (B, K, ., L), row-major
+        dts = torch.matmul(self.dt_projs_weight, dts)                            # (B, K, D, L), bias in the scan
         cdt = torch.promote_types(x.dtype, torch.float32)                       # fp32 scan (fp64 stays fp64)
-        ys = selective_scan(
-            xs.reshape(B, K * D, L).to(cdt),
-            dts.reshape(B, K * D, L).to(cdt),
+        return cross_selective_scan(
+            xf.to(cdt), dts.to(cdt),
             -torch.exp(self.A_logs.to(cdt)),                                     # (K*D, N)
-            Bs.to(cdt).contiguous(),                                             # grouped (B, K, N, L)
-            Cs.to(cdt).contiguous(),
+            Bs.to(cdt), Cs.to(cdt),                                              # grouped (B, K, N, L)
             D=self.Ds.to(cdt),
-            z=None,
             delta_bias=self.dt_projs_bias.reshape(-1).to(cdt),
-            delta_softplus=True,
-        )
-        return cross_merge(ys.view(B, K, D, L), H, W)                            # (B, D, L) row-major
+            delta_softplus=True, h=H, w=W,
+        )                                                                        # (B, D, L) row-major
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
