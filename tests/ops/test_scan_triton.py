@@ -120,6 +120,32 @@ def test_triton_fused_cross_scan_matches_composed_cross_scan_in_the_interpreter(
     _run("cpu", "cross", CROSS, interpret=True)
 
 
+DISPATCH = textwrap.dedent("""
+    import torch
+    from mambaseg.ops import cross_selective_scan
+    from mambaseg.ops.cross_selective_scan import fused_backends
+    assert "triton" in fused_backends(), fused_backends()
+    g = torch.Generator().manual_seed(0)
+    b, d, h, w, n = 1, 3, 3, 5, 4
+    r = lambda *s: torch.randn(*s, generator=g)
+    args = (r(b, d, h * w), 0.3 * r(b, 4, d, h * w), -torch.rand(4 * d, n, generator=g), r(b, 4, n, h * w),
+            r(b, 4, n, h * w), r(4 * d), r(4 * d), True)
+    tri = cross_selective_scan(*args, h=h, w=w, backend="triton")
+    nat = cross_selective_scan(*args, h=h, w=w, backend="native")
+    ref = cross_selective_scan(*args, h=h, w=w, backend="reference")
+    assert (tri - ref).abs().max() < 1e-5 and (nat - ref).abs().max() < 1e-5, ((tri - ref).abs().max(), (nat - ref).abs().max())
+    print("OK")
+""")
+
+
+def test_triton_is_the_fused_cross_scan_of_backend_triton():
+    """``cross_selective_scan(..., backend="triton")`` reaches the Triton kernel and agrees with the native
+    fused kernel and the composed reference."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", DISPATCH], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_triton_kernels_compile_ahead_of_time_for_sm80_and_sm90(tmp_path):
     """Every kernel the shipped networks launch compiles for sm_80 and sm_90 (PTX and cubin), with at most a few

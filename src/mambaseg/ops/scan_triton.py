@@ -347,3 +347,9 @@ def why_unavailable() -> str:
 register_backend("triton", selective_scan_triton, devices=("cuda", "cpu") if _INTERPRET else ("cuda",),
                  is_available=is_available, why_unavailable=why_unavailable,
                  priority=30 if os.environ.get("MAMBASEG_TRITON_AUTO") == "1" else 5)
+
+if triton is not None:
+    from .cross_selective_scan import register_fused
+
+    register_fused("triton", lambda u, delta, A, B, C, D, bias, softplus, h, w: cross_selective_scan_triton(
+        u, delta, A, B, C, D, bias, softplus, h=h, w=w))
