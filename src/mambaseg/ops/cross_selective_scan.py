@@ -124,6 +124,9 @@ def _check(u, delta, A, B, C, D, delta_bias, h, w):
 def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *, h: int, w: int,
                          backend: Optional[str] = None):
     """Fused 2-D cross selective scan; see the module docstring."""
+    # Under TorchScript tracing (ONNX export) x.shape entries are 0-d tensors; the map size is static there.
+    h = int(h) if isinstance(h, torch.Tensor) and h.dim() == 0 else h
+    w = int(w) if isinstance(w, torch.Tensor) and w.dim() == 0 else w
     _check(u, delta, A, B, C, D, delta_bias, h, w)
     name = resolve_backend(backend, u.device)
     fused = _FUSED.get(name)
