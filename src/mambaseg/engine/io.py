@@ -130,6 +130,15 @@ def _commit(tmp: str, path: str) -> None:
     _fsync_dir(os.path.dirname(os.path.abspath(path)) or ".")
 
 
+def _os_error_line(e: BaseException, path: str, need: int) -> Optional[BaseException]:
+    """The one-line error for a disk-full or unwritable ``OSError`` while writing ``path``, else None."""
+    if isinstance(e, OSError) and e.errno in _FULL:
+        return _disk_full(path, need)
+    if isinstance(e, OSError) and e.errno in _NO_WRITE:
+        return _unwritable(path, e)
+    return None
+
+
 def atomic_write_bytes(path: str, data: bytes, mode: int = 0o666) -> str:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, flush, fsync, rename)."""
     path = os.fspath(path)
@@ -141,10 +150,9 @@ def atomic_write_bytes(path: str, data: bytes, mode: int = 0o666) -> str:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     except OSError as e:
-        if e.errno in _FULL:
-            raise _disk_full(path, len(data)) from None
-        if e.errno in _NO_WRITE:
-            raise _unwritable(path, e) from None
+        line = _os_error_line(e, path, len(data))
+        if line is not None:
+            raise line from None
         raise
     try:
         try:
@@ -156,10 +164,9 @@ def atomic_write_bytes(path: str, data: bytes, mode: int = 0o666) -> str:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in _FULL:
-            raise _disk_full(path, len(data)) from None
-        if isinstance(e, OSError) and e.errno in _NO_WRITE:
-            raise _unwritable(path, e) from None
+        line = _os_error_line(e, path, len(data))
+        if line is not None:
+            raise line from None
         raise
     return path
 
@@ -186,6 +193,7 @@ def atomic_path(path: str) -> Iterator[str]:
     file is fsync'ed and renamed over ``path``; on an exception it is removed."""
     path = os.fspath(path)
     tmp = _tmp_name(path)
+    need = 0
     try:
         yield tmp
         need = os.path.getsize(tmp)
@@ -198,10 +206,9 @@ def atomic_path(path: str) -> Iterator[str]:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in _FULL:
-            raise _disk_full(path, locals().get("need") or 0) from None
-        if isinstance(e, OSError) and e.errno in _NO_WRITE:
-            raise _unwritable(path, e) from None
+        line = _os_error_line(e, path, need)
+        if line is not None:
+            raise line from None
         raise
 
 
