@@ -114,7 +114,7 @@ def test_engine_weights_deep_supervision_like_nnunet():
     downsampled); validation sees one output."""
     import torch
     from mambaseg.engine.module import SegmentationModule
-    from mambaseg.models.nnunet_blocks import deep_supervision_weights
+    from mambaseg.models.blocks.nnunet_blocks import deep_supervision_weights
 
     assert [round(w, 4) for w in deep_supervision_weights(6)] == [0.5161, 0.2581, 0.129, 0.0645, 0.0323, 0.0]
     torch.manual_seed(0)

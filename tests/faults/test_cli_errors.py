@@ -34,7 +34,7 @@ def test_model_kwargs_typo_names_the_keyword_the_valid_ones_and_near_matches(cap
     line = _assert_one_clear_line(capsys.readouterr().err)
     assert "model.model_kwargs" in line and "'base_chanels'" in line and "did you mean 'base_channels'" in line
     # the valid keywords are those of the network's constructor (independent oracle: its signature)
-    from mambaseg.models.unet import UNet
+    from mambaseg.models.networks.unet import UNet
     valid = [p for p in inspect.signature(UNet.__init__).parameters if p not in ("self", "in_channels", "num_classes")]
     assert f"Valid keywords: {', '.join(sorted(valid))}" in line
     assert not run.exists()

@@ -35,7 +35,7 @@ def test_image_size_zero_or_negative_is_refused(tmp_path, capsys, size):
 def test_image_size_not_divisible_by_32_is_refused_for_mamba_models():
     from mambaseg.engine.errors import MambasegUserError
     from mambaseg.engine.module import check_image_size
-    from mambaseg.models.vmunet import VMUNet
+    from mambaseg.models.networks.vmunet import VMUNet
 
     with pytest.raises(MambasegUserError, match=r"multiples of 32.*nearest valid sizes: image_size=256 or "
                                                 r"image_size=224"):

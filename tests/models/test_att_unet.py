@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mambaseg.models import create_model, model_info
-from mambaseg.models.att_unet import AttentionGate, AttentionUNet
+from mambaseg.models.networks.att_unet import AttentionGate, AttentionUNet
 
 
 def conv(k, cin, cout, bias):

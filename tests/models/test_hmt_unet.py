@@ -1,4 +1,4 @@
-"""HMT-UNet (mambaseg.models.hmt_unet) against spec §4: parameter counts measured on the upstream code, the
+"""HMT-UNet (mambaseg.models.networks.hmt_unet) against spec §4: parameter counts measured on the upstream code, the
 upstream key layout (written out here from §4.1/§4.5), block placement, shapes, gradients, and the MambaVision
 checkpoint loader (synthetic checkpoints in the §4.5 layout; upstream loads 245 of 252 keys for T, then 190
 mirrored)."""
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mambaseg.models import PretrainedMismatchError, create_model, list_models, load_pretrained
-from mambaseg.models.hmt_unet import HMT_UNET_SIZES, HMTUNet, load_mambavision_checkpoint
+from mambaseg.models.networks.hmt_unet import HMT_UNET_SIZES, HMTUNet, load_mambavision_checkpoint
 from mambaseg.models.pretrained import PretrainedReport
-from mambaseg.models.mambavision import Attention, Block, ConvBlock, MambaVisionMixer
+from mambaseg.models.blocks.mambavision import Attention, Block, ConvBlock, MambaVisionMixer
 
 # small widths/depths so forwards stay fast (the scan may be the slow reference)
 TOY = dict(dim=16, in_dim=8, depths=[1, 1, 2, 2], num_heads=[1, 2, 2, 4], window_size=[4, 4, 2, 2])
@@ -258,7 +258,7 @@ def test_full_size_inputs(name, size):
 
 
 def test_256_pads_hybrid_levels_to_four_windows(monkeypatch):
-    import mambaseg.models.mambavision as mv
+    import mambaseg.models.blocks.mambavision as mv
     seen = []
     real = mv.window_partition
     monkeypatch.setattr(mv, "window_partition", lambda x, ws: seen.append((tuple(x.shape[-2:]), ws)) or real(x, ws))

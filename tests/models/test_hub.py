@@ -48,8 +48,8 @@ def test_every_factory_argument_is_recorded_and_class_method(tmp_path):
     assert args["img_size"] == 64 and args["depths"] == [1, 1, 1, 1] and args["in_channels"] == 3
     assert read_config(tmp_path / "s")["input_size"] == [64, 64]
     assert read_config(tmp_path / "s")["class_names"] == ["background", "class_1"]
-    from mambaseg.models.swin_unet import SwinUNet
-    from mambaseg.models.unet import UNet
+    from mambaseg.models.networks.swin_unet import SwinUNet
+    from mambaseg.models.networks.unet import UNet
     assert isinstance(SwinUNet.from_pretrained(tmp_path / "s"), SwinUNet)
     with pytest.raises(PretrainedFolderError, match="not a UNet"):
         UNet.from_pretrained(tmp_path / "s")
@@ -74,7 +74,7 @@ def test_bad_folders_give_one_clear_error(tmp_path):
     with pytest.raises(PretrainedFolderError, match="class_names has 3"):
         save_pretrained(m, tmp_path / "v", class_names=["a", "b", "c"])
     with pytest.raises(PretrainedFolderError, match="create_model"):
-        from mambaseg.models.unet import UNet
+        from mambaseg.models.networks.unet import UNet
         save_pretrained(UNet(base_channels=4), tmp_path / "w")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambaseg.models.mamba1 import Mamba, mamba_param_count
+from mambaseg.models.blocks.mamba1 import Mamba, mamba_param_count
 
 
 def reference_mamba(m: Mamba, h: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mambaseg.models.mamba1 as mamba1_mod
+import mambaseg.models.blocks.mamba1 as mamba1_mod
 from mambaseg.models import create_model, list_models, model_info
-from mambaseg.models.nnunet_blocks import BasicBlockD
+from mambaseg.models.blocks.nnunet_blocks import BasicBlockD
 
 SPEC = os.environ.get("MAMBASEG_SPEC_DIR", "/work/shared/spec")
 NETS = ["umamba_bot", "umamba_enc", "lightm_unet", "ultralight_vm_unet", "lkm_unet"]
@@ -317,7 +317,7 @@ def test_ultralight_pvm_shares_one_mamba_over_four_chunks():
 def test_lkm_bipixel_regroups_into_dilated_grids_when_divisible():
     """Position-coded input: with H, W divisible by w = 5p each sequence holds the pixels of one offset in the
     w x w blocks (a dilated grid of step w), row-major."""
-    from mambaseg.models.lkm_unet import BiPixelMambaLayer
+    from mambaseg.models.networks.lkm_unet import BiPixelMambaLayer
     layer = BiPixelMambaLayer(dim=1, p=1)                              # w = 5
     seen = []
     layer.scan = lambda g: (seen.append(g), torch.zeros_like(g))[1]

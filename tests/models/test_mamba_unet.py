@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mambaseg.models import create_model, list_models, model_info
-from mambaseg.models.mamba_unet import MambaUNet
+from mambaseg.models.networks.mamba_unet import MambaUNet
 
 SS2D_KEYS = ["in_proj.weight", "conv2d.weight", "conv2d.bias", "x_proj_weight", "dt_projs_weight",
              "dt_projs_bias", "A_logs", "Ds", "out_norm.weight", "out_norm.bias", "out_proj.weight"]

@@ -1,4 +1,4 @@
-"""MambaVision blocks (mambaseg.models.mambavision) against slow references written from the math in spec §4/§5
+"""MambaVision blocks (mambaseg.models.blocks.mambavision) against slow references written from the math in spec §4/§5
 and the parameter counts measured on the upstream code (spec §4.2)."""
 
 import math
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mambaseg.models.mambavision as mv
-from mambaseg.models.mambavision import (Attention, Block, ConvBlock, Downsample, FinalPatchExpand2D,
+import mambaseg.models.blocks.mambavision as mv
+from mambaseg.models.blocks.mambavision import (Attention, Block, ConvBlock, Downsample, FinalPatchExpand2D,
                                          MambaVisionLayer, MambaVisionMixer, MambaVisionStem, PatchExpand2D,
                                          attention_block_indices, pad_to_window, window_partition,
                                          window_reverse)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg.models.nnunet_blocks import (BasicBlockD, ConvDropoutNormReLU, StackedResidualBlocks,
+from mambaseg.models.blocks.nnunet_blocks import (BasicBlockD, ConvDropoutNormReLU, StackedResidualBlocks,
                                            block_counts_umamba, init_last_norm_before_add_to_zero, init_weights_he,
                                            nnunet_plan_2d)
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 
 from mambaseg.models import create_model, model_info
-from mambaseg.models.swin_blocks import (MASK_VALUE, PatchExpand, SwinTransformerBlock, WindowAttention,
+from mambaseg.models.blocks.swin_blocks import (MASK_VALUE, PatchExpand, SwinTransformerBlock, WindowAttention,
                                          relative_position_index, shifted_window_mask, window_partition,
                                          window_reverse)
-from mambaseg.models.swin_unet import SwinUNet, resolve_window_size
+from mambaseg.models.networks.swin_unet import SwinUNet, resolve_window_size
 
 
 # ----------------------------------------------------------------------------------------------- windows

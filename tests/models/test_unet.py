@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mambaseg.models import create_model, model_info
-from mambaseg.models.unet import UNet
+from mambaseg.models.networks.unet import UNet
 
 
 def conv(k, cin, cout, bias):

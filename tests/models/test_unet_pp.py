@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mambaseg.models import create_model, model_info
-from mambaseg.models.unet_pp import UNetPlusPlus
+from mambaseg.models.networks.unet_pp import UNetPlusPlus
 
 
 def conv(k, cin, cout, bias):

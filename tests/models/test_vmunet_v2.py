@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mambaseg.models import create_model, list_models, model_info
-from mambaseg.models.vmunet_v2 import SDI, VMUNetV2
+from mambaseg.models.networks.vmunet_v2 import SDI, VMUNetV2
 
 SS2D_KEYS = ["in_proj.weight", "conv2d.weight", "conv2d.bias", "x_proj_weight", "dt_projs_weight",
              "dt_projs_bias", "A_logs", "Ds", "out_norm.weight", "out_norm.bias", "out_proj.weight"]

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mambaseg.models.vss as vss
-from mambaseg.models.vss import (SS2D, FinalPatchExpand2D, FinalPatchExpandX4, PatchEmbed2D, PatchExpand,
+import mambaseg.models.blocks.vss as vss
+from mambaseg.models.blocks.vss import (SS2D, FinalPatchExpand2D, FinalPatchExpandX4, PatchEmbed2D, PatchExpand,
                                  PatchExpand2D, PatchMerging2D, VSSBlock, VSSLayer, VSSLayerUp,
                                  pixel_shuffle_channels_last, stage_drop_path_rates)
 from mambaseg.ops import selective_scan_reference

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambaseg.models.vss_v2 import (LayerNorm2d, Linear2d, SS2Dv2, VSSBlockV2, downsample_v3, parse_forward_type,
+from mambaseg.models.blocks.vss_v2 import (LayerNorm2d, Linear2d, SS2Dv2, VSSBlockV2, downsample_v3, parse_forward_type,
                                     patch_embed_v2)
 
 
@@ -148,7 +148,7 @@ def test_forward_type_parsing():
 
 def test_v2_layer_configured_as_v0_equals_the_v0_ss2d():
     # spec §A.1: with a gate, conv bias, d_state 16 and ratio 2 the v2 layer is the v0 maths (same key names)
-    from mambaseg.models.vss import SS2D
+    from mambaseg.models.blocks.vss import SS2D
     torch.manual_seed(0)
     v0 = SS2D(8).double()
     v2 = SS2Dv2(8, d_state=16, ssm_ratio=2.0, conv_bias=True, forward_type="v05").double()

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mambaseg.models import create_model, load_pretrained
-from mambaseg.models.h_vmunet import H_SS2D, HBlock, HVMUNet
-from mambaseg.models.msvm_unet import MSVMUNet
-from mambaseg.models.swin_umamba import SwinUMamba
-from mambaseg.models.swin_umamba_d import SwinUMambaD
+from mambaseg.models.networks.h_vmunet import H_SS2D, HBlock, HVMUNet
+from mambaseg.models.networks.msvm_unet import MSVMUNet
+from mambaseg.models.networks.swin_umamba import SwinUMamba
+from mambaseg.models.networks.swin_umamba_d import SwinUMambaD
 
 # the spec's key lists (upstream_vss_models.md keys/, measured from the upstream code), copied beside the tests
 KEYS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

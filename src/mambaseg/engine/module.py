@@ -196,7 +196,7 @@ class SegmentationModule(pl.LightningModule):
         cache = self.__dict__.setdefault("_ds_losses", {})  # a plain dict: not a sub-module, no state_dict keys
         if n not in cache:
             from mambaseg.losses import DeepSupervisionLoss
-            from mambaseg.models.nnunet_blocks import deep_supervision_weights
+            from mambaseg.models.blocks.nnunet_blocks import deep_supervision_weights
             cache[n] = DeepSupervisionLoss(self.loss_fn, deep_supervision_weights(n), resize="target")
         return cache[n]
 

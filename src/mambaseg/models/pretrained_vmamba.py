@@ -232,3 +232,47 @@ def load_vmamba_into_mamba_unet(model, state_dict, report):
     """Mamba-UNet: encoder + bottleneck norm + encoder stages mirrored into ``layers_up.1-3``
     (upstream ``MambaUnet.load_from``)."""
     return load_vmamba_encoder(model, state_dict, report, "mamba_unet.", True, _mamba_unet_reason, "Mamba-UNet")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pretrained: VMamba-T v0 classification checkpoint -> vssm_encoder (upstream load_pretrained_ckpt)
+# ---------------------------------------------------------------------------------------------------------------
+def load_vmamba_v0_into_vssm_encoder(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                                     report: PretrainedReport, skip: Callable[[str, Mapping], bool],
+                                     model_name: str) -> PretrainedReport:
+    """Shared by Swin-UMamba and Swin-UMamba†: drop the keys ``skip(key, sd)`` names, prefix ``vssm_encoder.``,
+    rename ``layers.i.downsample.*`` -> ``downsamples.i.*``, require equal shapes (upstream asserts; here a
+    PretrainedMismatchError before anything is copied)."""
+    sd = checkpoint_filter_fn(state_dict)        # DDP prefix, later VMamba names -> v0
+    own = model.state_dict()
+    fix = "; pass the VMamba-T v0 checkpoint vssmtiny_dp01_ckpt_epoch_292.pth (vmamba_tiny_e292.pth)"
+    if sum(k.startswith("vssm_encoder.") for k in sd) > len(sd) // 2:
+        raise PretrainedMismatchError(f"this is a full {model_name} state dict, not a classification checkpoint; "
+                                      f"load it with model.load_state_dict(torch.load(path, weights_only=True))")
+    if not any(".self_attention." in k for k in sd):
+        raise PretrainedMismatchError(f"the checkpoint is not a VMamba v0 classifier (no "
+                                      f"'layers.<i>.blocks.<j>.self_attention.*' keys){fix}")
+    pairs, bad, unused = {}, [], []
+    for k, v in sd.items():
+        if skip(k, sd):
+            unused.append(k)
+            continue
+        m = re.match(r"^layers\.(\d+)\.downsample\.(.+)$", k)
+        t = "vssm_encoder." + (f"downsamples.{m.group(1)}.{m.group(2)}" if m else k)
+        if t not in own:
+            bad.append(f"{k} (no place in the encoder)")
+        elif tuple(own[t].shape) != tuple(v.shape):
+            bad.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[t].shape)}")
+        else:
+            pairs[t] = v
+    if bad:
+        raise PretrainedMismatchError(f"the checkpoint does not fit {model_name}'s VMamba-T v0 encoder: {len(bad)} "
+                                      f"key(s), e.g. {'; '.join(bad[:3])}{fix}")
+    copy_matching(model, pairs, report)
+    for k in own:
+        if k not in pairs:
+            report.missing[k] = ("skipped by upstream's loader (patch embedding / final norm)"
+                                 if k.startswith("vssm_encoder.") else
+                                 "stem / decoder / heads: no counterpart in a classification checkpoint")
+    report.unused = unused
+    return report

@@ -3,7 +3,7 @@
 Paper: Z. Wang, J.-Q. Zheng, Y. Zhang, G. Cui, L. Li, "Mamba-UNet: UNet-Like Pure Visual Mamba for Medical Image
 Segmentation", arXiv:2402.05079 (2024). Upstream code: https://github.com/ziyangwang007/Mamba-UNet
 (``code/networks/mamba_sys.py::VSSM`` wrapped by ``vision_mamba.py::MambaUnet``), re-written here in our own code
-on the shared VMamba v0 blocks of :mod:`mambaseg.models.vss`. Module and parameter names equal upstream's (the
+on the shared VMamba v0 blocks of :mod:`mambaseg.models.blocks.vss`. Module and parameter names equal upstream's (the
 network sits in ``.mamba_unet``), so an upstream Mamba-UNet ``state_dict`` loads with ``strict=True``.
 
 Architecture (VMamba-tiny widths 96/192/384/768, depth 2 everywhere by default): patch embedding -> 4 encoder
@@ -30,11 +30,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .pretrained import register_pretrained_loader
-from .pretrained_vmamba import load_vmamba_into_mamba_unet
-from .backbone import BackboneMixin, vss_stage_maps
-from .registry import register_model
-from .vss import (FinalPatchExpandX4, PatchExpand, VSSEncoder, VSSLayerUp, init_vss_weights, prepare_input,
+from ..pretrained import register_pretrained_loader
+from ..pretrained_vmamba import load_vmamba_into_mamba_unet
+from ..backbone import BackboneMixin, vss_stage_maps
+from ..registry import register_model
+from ..blocks.vss import (FinalPatchExpandX4, PatchExpand, VSSEncoder, VSSLayerUp, init_vss_weights, prepare_input,
                   stage_drop_path_rates)
 
 __all__ = ["MambaUNet", "MambaUNetVSSM"]

@@ -3,7 +3,7 @@
 Paper: C. Chen, L. Yu, S. Min, S. Wang, "MSVM-UNet: Multi-Scale Vision Mamba UNet for Medical Image
 Segmentation", arXiv:2408.13735 (2024). Upstream code: https://github.com/gndlwch2w/msvm-unet
 (``model/{__init__,encoder,decoder}.py`` on ``model/vmamba/vmamba.py``, a mid-2024 copy of VMamba v2), re-written
-here in our own code on the VMamba v2 blocks of :mod:`mambaseg.models.vss_v2`. Module and parameter names equal
+here in our own code on the VMamba v2 blocks of :mod:`mambaseg.models.blocks.vss_v2`. Module and parameter names equal
 upstream's (``encoder.layer0/1``, ``encoder.layers.{i}.blocks.{j}``, ``encoder.downsamples.{i}``,
 ``decoder.layers.{s}.{up, concat_layer, vss_layer}``, ``decoder.out_layers.0``), so an upstream MSVM-UNet
 ``state_dict`` (450 keys) loads with ``strict=True``.
@@ -41,12 +41,12 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from .backbone import BackboneMixin
-from .layers import check_input_size
-from .pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
-from .registry import register_model
-from .vss import pixel_shuffle_channels_last, stage_drop_path_rates
-from .vss_v2 import Linear2d, downsample_v3, init_vss_v2_weights, patch_embed_v2, vss_stage
+from ..backbone import BackboneMixin
+from ..blocks.layers import check_input_size
+from ..pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
+from ..registry import register_model
+from ..blocks.vss import pixel_shuffle_channels_last, stage_drop_path_rates
+from ..blocks.vss_v2 import Linear2d, downsample_v3, init_vss_v2_weights, patch_embed_v2, vss_stage
 
 __all__ = ["MSVMUNet", "MSVMEncoder", "MSVMDecoder", "LKPE", "FLKPE", "MSMlp", "load_vmamba_v2_into_msvm_unet"]
 

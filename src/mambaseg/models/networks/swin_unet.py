@@ -37,10 +37,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .layers import check_input_size, init_linear_and_norms
-from .backbone import BackboneMixin, vss_stage_maps
-from .registry import register_model
-from .swin_blocks import BasicLayer, BasicLayer_up, FinalPatchExpand_X4, PatchEmbed, PatchExpand, PatchMerging
+from ..blocks.layers import check_input_size, init_linear_and_norms
+from ..backbone import BackboneMixin, vss_stage_maps
+from ..registry import register_model
+from ..blocks.swin_blocks import BasicLayer, BasicLayer_up, FinalPatchExpand_X4, PatchEmbed, PatchExpand, PatchMerging
 
 __all__ = ["SwinUNet", "resolve_window_size"]
 

@@ -3,7 +3,7 @@
 Paper: M. Zhang, Y. Yu, S. Jin, L. Gu, T. Ling, X. Tao, "VM-UNET-V2: Rethinking Vision Mamba UNet for Medical
 Image Segmentation", arXiv:2403.09157 (2024). Upstream code: https://github.com/nobodyplayer1/VM-UNetV2
 (``models/vmunet/vmunet_v2.py``), re-written here in our own code on the shared VMamba v0 blocks of
-:mod:`mambaseg.models.vss`. Module and parameter names equal upstream's (the encoder sits in ``.vmunet``), so an
+:mod:`mambaseg.models.blocks.vss`. Module and parameter names equal upstream's (the encoder sits in ``.vmunet``), so an
 upstream VM-UNetV2 ``state_dict`` loads with ``strict=True``.
 
 Architecture: VMamba v0 encoder (patch embedding + 4 stages, default depths [2, 2, 9, 2]) giving
@@ -44,11 +44,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .pretrained import register_pretrained_loader
-from .pretrained_vmamba import load_vmamba_into_vmunet_v2
-from .backbone import BackboneMixin
-from .registry import register_model
-from .vss import VSSEncoder, init_vss_weights, prepare_input
+from ..pretrained import register_pretrained_loader
+from ..pretrained_vmamba import load_vmamba_into_vmunet_v2
+from ..backbone import BackboneMixin
+from ..registry import register_model
+from ..blocks.vss import VSSEncoder, init_vss_weights, prepare_input
 
 __all__ = ["VMUNetV2", "ChannelAttention", "SpatialAttention", "BasicConv2d", "SDI"]
 

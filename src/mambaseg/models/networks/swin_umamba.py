@@ -4,7 +4,7 @@ Paper: J. Liu, H. Yang, H.-Y. Zhou, Y. Xi, L. Yu, C. Li, Y. Liang, G. Shi, Y. Yu
 "Swin-UMamba: Mamba-based UNet with ImageNet-based pretraining", arXiv:2402.03302 (MICCAI 2024).
 Upstream code: https://github.com/JiarunLiu/Swin-UMamba (``swin_umamba/nnunetv2/nets/SwinUMamba.py``, trainers
 ``nnUNetTrainerSwinUMamba{,Scratch}.py``), re-written here in our own code: the encoder on the shared VMamba v0
-blocks of :mod:`mambaseg.models.vss`, the decoder on the MONAI-like blocks of :mod:`mambaseg.models.unetr_blocks`.
+blocks of :mod:`mambaseg.models.blocks.vss`, the decoder on the MONAI-like blocks of :mod:`mambaseg.models.blocks.unetr_blocks`.
 Module and parameter names equal upstream's (``stem``, ``vssm_encoder.{patch_embed, layers, downsamples}``,
 ``encoder1..5``, ``decoder6..1``, ``out_layers``), so an upstream ``state_dict`` (257 keys) loads with
 ``strict=True``. 59,889,368 parameters for 1 channel / 14 classes (AbdomenMR).
@@ -37,47 +37,20 @@ warning in PatchMerging2D and crops, then fails in the decoder concat); the scan
 
 from __future__ import annotations
 
-import re
-from typing import Callable, List, Mapping, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
 
-from .backbone import BackboneMixin
-from .layers import check_input_size
-from .pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
-from .pretrained_vmamba import checkpoint_filter_fn
-from .registry import register_model
-from .unetr_blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
-from .vss import PatchEmbed2D, PatchMerging2D, VSSLayer, init_vss_weights, stage_drop_path_rates
+from ..backbone import BackboneMixin
+from ..blocks.layers import check_input_size
+from ..pretrained import register_pretrained_loader
+from ..pretrained_vmamba import load_vmamba_v0_into_vssm_encoder
+from ..registry import register_model
+from ..blocks.unetr_blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
+from ..blocks.vss import VSSMEncoder
 
-__all__ = ["SwinUMamba", "VSSMEncoder", "load_vmamba_into_swin_umamba"]
-
-
-class VSSMEncoder(nn.Module):
-    """Upstream ``VSSMEncoder``: ``patch_embed`` (``patch_size`` conv + LayerNorm), ``layers[i]`` (v0 VSS blocks),
-    ``downsamples[i]`` (PatchMerging2D, i < 3). forward: (B, in_chans, H, W) -> [input, 96@/p, 192@/2p, 384@/4p,
-    768@/8p], channels-first, each stage's output before its merge."""
-
-    def __init__(self, patch_size: int = 4, in_chans: int = 3, depths: Sequence[int] = (2, 2, 9, 2),
-                 dims: Sequence[int] = (96, 192, 384, 768), d_state: int = 16, drop_path_rate: float = 0.2):
-        super().__init__()
-        self.dims = list(dims)
-        self.patch_embed = PatchEmbed2D(patch_size, in_chans, dims[0])
-        rates = stage_drop_path_rates(depths, drop_path_rate)
-        self.layers = nn.ModuleList([VSSLayer(dims[i], depths[i], rates[i], d_state) for i in range(len(dims))])
-        self.downsamples = nn.ModuleList([PatchMerging2D(dims[i]) for i in range(len(dims) - 1)])
-        self.apply(init_vss_weights)
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        outs = [x]
-        x = self.patch_embed(x)
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            outs.append(x.permute(0, 3, 1, 2).contiguous())
-            if i < len(self.downsamples):
-                x = self.downsamples[i](x)
-        return outs
+__all__ = ["SwinUMamba", "load_vmamba_into_swin_umamba"]
 
 
 class SwinUMamba(BackboneMixin, nn.Module):
@@ -152,50 +125,6 @@ class SwinUMamba(BackboneMixin, nn.Module):
         if self.deep_supervision:
             return [head(f) for head, f in zip(self.out_layers, (out, dec1, dec2, dec3))]
         return self.out_layers[0](out)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pretrained: VMamba-T v0 classification checkpoint -> vssm_encoder (upstream load_pretrained_ckpt)
-# ---------------------------------------------------------------------------------------------------------------
-def load_vmamba_v0_into_vssm_encoder(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                                     report: PretrainedReport, skip: Callable[[str, Mapping], bool],
-                                     model_name: str) -> PretrainedReport:
-    """Shared by Swin-UMamba and Swin-UMamba†: drop the keys ``skip(key, sd)`` names, prefix ``vssm_encoder.``,
-    rename ``layers.i.downsample.*`` -> ``downsamples.i.*``, require equal shapes (upstream asserts; here a
-    PretrainedMismatchError before anything is copied)."""
-    sd = checkpoint_filter_fn(state_dict)        # DDP prefix, later VMamba names -> v0
-    own = model.state_dict()
-    fix = "; pass the VMamba-T v0 checkpoint vssmtiny_dp01_ckpt_epoch_292.pth (vmamba_tiny_e292.pth)"
-    if sum(k.startswith("vssm_encoder.") for k in sd) > len(sd) // 2:
-        raise PretrainedMismatchError(f"this is a full {model_name} state dict, not a classification checkpoint; "
-                                      f"load it with model.load_state_dict(torch.load(path, weights_only=True))")
-    if not any(".self_attention." in k for k in sd):
-        raise PretrainedMismatchError(f"the checkpoint is not a VMamba v0 classifier (no "
-                                      f"'layers.<i>.blocks.<j>.self_attention.*' keys){fix}")
-    pairs, bad, unused = {}, [], []
-    for k, v in sd.items():
-        if skip(k, sd):
-            unused.append(k)
-            continue
-        m = re.match(r"^layers\.(\d+)\.downsample\.(.+)$", k)
-        t = "vssm_encoder." + (f"downsamples.{m.group(1)}.{m.group(2)}" if m else k)
-        if t not in own:
-            bad.append(f"{k} (no place in the encoder)")
-        elif tuple(own[t].shape) != tuple(v.shape):
-            bad.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[t].shape)}")
-        else:
-            pairs[t] = v
-    if bad:
-        raise PretrainedMismatchError(f"the checkpoint does not fit {model_name}'s VMamba-T v0 encoder: {len(bad)} "
-                                      f"key(s), e.g. {'; '.join(bad[:3])}{fix}")
-    copy_matching(model, pairs, report)
-    for k in own:
-        if k not in pairs:
-            report.missing[k] = ("skipped by upstream's loader (patch embedding / final norm)"
-                                 if k.startswith("vssm_encoder.") else
-                                 "stem / decoder / heads: no counterpart in a classification checkpoint")
-    report.unused = unused
-    return report
 
 
 # upstream's skip list; 'patch_embed.norm.weight' appears twice in it, so 'patch_embed.norm.bias' is loaded

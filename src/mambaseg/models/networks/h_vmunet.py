@@ -3,8 +3,8 @@
 Paper: R. Wu, Y. Liu, P. Liang, Q. Chang, "H-vmunet: High-order Vision Mamba UNet for Medical Image
 Segmentation", arXiv:2403.13642 (Neurocomputing 2025, doi:10.1016/j.neucom.2025.129447). Upstream code:
 https://github.com/wurenkai/H-vmunet (``models/H_vmunet.py`` on VM-UNet's v0 SS2D copy ``models/vmamba.py``),
-re-written here in our own code on the v0 :class:`~mambaseg.models.vss.SS2D` (used bare, channels-last, as
-upstream) and :class:`~mambaseg.models.vss_v2.LayerNorm2d`. Module and parameter names equal upstream's
+re-written here in our own code on the v0 :class:`~mambaseg.models.blocks.vss.SS2D` (used bare, channels-last, as
+upstream) and :class:`~mambaseg.models.blocks.vss_v2.LayerNorm2d`. Module and parameter names equal upstream's
 (``encoder1..6``, ``decoder1..5``, ``ebn1..5``, ``dbn1..5``, ``scab.{catt, satt}``, ``final``; each Block's
 ``gamma1/2``, ``norm1/2``, ``pwconv1/2``, ``H_SS2D.{proj_in, dwconv, pws, ss2d_in, ss2d_k, proj_out}``), so an
 upstream ``state_dict`` (1,249 keys) loads with ``strict=True``. 8,972,623 parameters for 3 channels / 1 class
@@ -46,11 +46,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import BackboneMixin
-from .layers import DropPath, check_input_size, trunc_normal_
-from .registry import register_model
-from .vss import SS2D
-from .vss_v2 import LayerNorm2d
+from ..backbone import BackboneMixin
+from ..blocks.layers import DropPath, check_input_size, trunc_normal_
+from ..registry import register_model
+from ..blocks.vss import SS2D
+from ..blocks.vss_v2 import LayerNorm2d
 
 __all__ = ["HVMUNet", "HBlock", "H_SS2D", "Local_SS2D", "SC_Att_Bridge"]
 

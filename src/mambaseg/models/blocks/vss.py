@@ -38,7 +38,7 @@ from mambaseg.ops import cross_selective_scan
 
 from .layers import DropPath, check_input_size, init_linear_and_norms
 
-__all__ = ["SS2D", "VSSBlock", "VSSLayer", "VSSLayerUp", "PatchEmbed2D", "PatchMerging2D", "PatchExpand2D",
+__all__ = ["VSSMEncoder", "SS2D", "VSSBlock", "VSSLayer", "VSSLayerUp", "PatchEmbed2D", "PatchMerging2D", "PatchExpand2D",
            "FinalPatchExpand2D", "PatchExpand", "FinalPatchExpandX4", "VSSEncoder", "init_vss_weights",
            "pixel_shuffle_channels_last", "prepare_input", "stage_drop_path_rates"]
 
@@ -442,3 +442,29 @@ def prepare_input(x: torch.Tensor, in_channels: int, gray_to_rgb: bool, multiple
         x = x.repeat(1, 3, 1, 1)
     check_input_size(x, in_channels, multiple, model)
     return x
+
+
+class VSSMEncoder(nn.Module):
+    """Upstream ``VSSMEncoder``: ``patch_embed`` (``patch_size`` conv + LayerNorm), ``layers[i]`` (v0 VSS blocks),
+    ``downsamples[i]`` (PatchMerging2D, i < 3). forward: (B, in_chans, H, W) -> [input, 96@/p, 192@/2p, 384@/4p,
+    768@/8p], channels-first, each stage's output before its merge."""
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, depths: Sequence[int] = (2, 2, 9, 2),
+                 dims: Sequence[int] = (96, 192, 384, 768), d_state: int = 16, drop_path_rate: float = 0.2):
+        super().__init__()
+        self.dims = list(dims)
+        self.patch_embed = PatchEmbed2D(patch_size, in_chans, dims[0])
+        rates = stage_drop_path_rates(depths, drop_path_rate)
+        self.layers = nn.ModuleList([VSSLayer(dims[i], depths[i], rates[i], d_state) for i in range(len(dims))])
+        self.downsamples = nn.ModuleList([PatchMerging2D(dims[i]) for i in range(len(dims) - 1)])
+        self.apply(init_vss_weights)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        outs = [x]
+        x = self.patch_embed(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            outs.append(x.permute(0, 3, 1, 2).contiguous())
+            if i < len(self.downsamples):
+                x = self.downsamples[i](x)
+        return outs

@@ -3,8 +3,8 @@
 Paper: J. Wang, J. Chen, D. Chen, J. Wu, "Large Kernel Vision Mamba UNet for Medical Image Segmentation",
 arXiv:2403.07332 (2024). Upstream: https://github.com/wjh892521292/LKM-UNet (commit 6615775,
 ``lkmunet/nnunetv2/nets/LKMUNet.py``, trainer ``nnUNetTrainerLKMUNet`` = nnU-Net's default trainer), described in
-``upstream_mamba1_models.md`` §7; our own code on :mod:`mambaseg.models.nnunet_blocks` and
-:class:`mambaseg.models.mamba1.Mamba`. Module names equal upstream's (``encoder.{stem,stages,mamba_layers,
+``upstream_mamba1_models.md`` §7; our own code on :mod:`mambaseg.models.blocks.nnunet_blocks` and
+:class:`mambaseg.models.blocks.mamba1.Mamba`. Module names equal upstream's (``encoder.{stem,stages,mamba_layers,
 w_mamba_layers}``, ``decoder.{encoder,stages,transpconvs,seg_layers}``, Mamba sub-modules without ``out_proj`` keys
 and one layer-level ``out_proj``), so an upstream state dict loads with ``strict=True``.
 
@@ -41,11 +41,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mamba1 import Mamba
-from .nnunet_blocks import (NNUNetPlan, StackedConvBlocks, StackedResidualBlocks, check_deep_supervision,
+from ..blocks.mamba1 import Mamba
+from ..blocks.nnunet_blocks import (NNUNetPlan, StackedConvBlocks, StackedResidualBlocks, check_deep_supervision,
                             deep_supervision_active, init_last_norm_before_add_to_zero, init_weights_he, nnunet_plan_2d)
-from .registry import register_model
-from .umamba_bot import _NNUNetMambaBase, mamba_fp32
+from ..backbone import BackboneMixin
+from ..registry import register_model
+from ..blocks.umamba import NNUNetMambaBase, mamba_fp32
 
 __all__ = ["LKMUNet", "BiPixelMambaLayer", "BiWindowMambaLayer", "ResidualBiMambaEncoder", "LKMUNetResDecoder"]
 
@@ -175,7 +176,7 @@ class LKMUNetResDecoder(nn.Module):
         return outs if ds else outs[0]
 
 
-class LKMUNet(_NNUNetMambaBase):
+class LKMUNet(NNUNetMambaBase, BackboneMixin):
     """LKM-UNet 2-D (Wang et al., 2024, arXiv:2403.07332). Input (B, in_channels, H, W), H and W divisible by the
     product of the strides (64 for the 256 plan); output logits (B, num_classes, H, W), or with
     ``deep_supervision`` a list of logits, full resolution first.

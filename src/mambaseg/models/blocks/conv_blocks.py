@@ -7,10 +7,14 @@ The parameter counts in the tests follow from exactly these choices.
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.nn as nn
 
-__all__ = ["DoubleConv", "Down", "UpSample", "UPSAMPLE_MODES", "channel_widths", "check_base_channels",
+from .layers import check_input_size
+
+__all__ = ["ConvUNet", "UpBlock", "DoubleConv", "Down", "UpSample", "UPSAMPLE_MODES", "channel_widths", "check_base_channels",
            "init_conv_weights"]
 
 UPSAMPLE_MODES = ("transpose", "bilinear")
@@ -90,3 +94,60 @@ def init_conv_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class UpBlock(nn.Module):
+    """Upsample the decoder feature (``2c -> c``), concatenate the skip (``c``), then DoubleConv(2c -> c)."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsample: str = "transpose"):
+        super().__init__()
+        self.up = UpSample(in_channels, out_channels, upsample)
+        self.conv = DoubleConv(2 * out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+class ConvUNet(nn.Module):
+    """The plain U-Net body U-Net and Attention U-Net share: ``inc`` + 4 ``downs`` (DoubleConv, max-pool), 4 ``ups``
+    of ``up_block`` (a class attribute: (in_channels, out_channels, upsample) -> module(x, skip)), a 1x1 ``head``.
+    Networks subclass it and name ``arch_name`` and ``up_block``; see :class:`mambaseg.models.networks.unet.UNet`
+    for the arguments."""
+
+    downsample_factor = 16
+    arch_name = "unet"          # for error messages
+    up_block = UpBlock          # decoder block class: (in_channels, out_channels, upsample) -> module(x, skip)
+    encoder_modules = ("inc", "downs")
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1, base_channels: int = 64,
+                 upsample: str = "transpose"):
+        super().__init__()
+        base_channels = check_base_channels(base_channels, self.arch_name)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        ch = channel_widths(base_channels)
+        self.inc = DoubleConv(in_channels, ch[0])
+        self.downs = nn.ModuleList([Down(ch[i], ch[i + 1]) for i in range(4)])
+        self.ups = nn.ModuleList([self.up_block(ch[i + 1], ch[i], upsample) for i in reversed(range(4))])
+        self.head = nn.Conv2d(ch[0], num_classes, kernel_size=1)
+        self.feature_info = [dict(num_chs=c, reduction=2 ** i, module="inc" if i == 0 else f"downs.{i - 1}")
+                             for i, c in enumerate(ch)]
+        init_conv_weights(self)
+
+    def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Encoder features at strides 1, 2, 4, 8, 16 (widths ``feature_info``)."""
+        check_input_size(x, self.in_channels, self.downsample_factor, self.arch_name)
+        return self._encode(x)
+
+    def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+        feats = [self.inc(x)]
+        for down in self.downs:
+            feats.append(down(feats[-1]))
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x, self.in_channels, self.downsample_factor, self.arch_name)
+        feats = self._encode(x)
+        y = feats[-1]
+        for up, skip in zip(self.ups, reversed(feats[:-1])):
+            y = up(y, skip)
+        return self.head(y)

@@ -2,7 +2,7 @@
 
 Paper: J. Ruan, S. Xiang, "VM-UNet: Vision Mamba UNet for Medical Image Segmentation", arXiv:2402.02491 (2024).
 Upstream code: https://github.com/JCruan519/VM-UNet (``models/vmunet/{vmamba,vmunet}.py``), re-written here
-in our own code on the shared VMamba v0 blocks of :mod:`mambaseg.models.vss`. Module and parameter names equal
+in our own code on the shared VMamba v0 blocks of :mod:`mambaseg.models.blocks.vss`. Module and parameter names equal
 upstream's (the network sits in ``.vmunet``), so an upstream VM-UNet ``state_dict`` loads with ``strict=True``.
 
 Architecture (``VSSM`` in upstream): patch embedding (4x4, 96 channels) -> 4 encoder stages of VSS blocks, each
@@ -33,11 +33,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .pretrained import register_pretrained_loader
-from .pretrained_vmamba import load_vmamba_into_vmunet
-from .backbone import BackboneMixin, vss_stage_maps
-from .registry import register_model
-from .vss import (FinalPatchExpand2D, PatchExpand2D, VSSEncoder, VSSLayerUp, _check_depths, init_vss_weights,
+from ..pretrained import register_pretrained_loader
+from ..pretrained_vmamba import load_vmamba_into_vmunet
+from ..backbone import BackboneMixin, vss_stage_maps
+from ..registry import register_model
+from ..blocks.vss import (FinalPatchExpand2D, PatchExpand2D, VSSEncoder, VSSLayerUp, _check_depths, init_vss_weights,
                   prepare_input, stage_drop_path_rates)
 
 __all__ = ["VMUNet", "VMUNetVSSM"]

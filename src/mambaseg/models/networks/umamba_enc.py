@@ -3,7 +3,7 @@
 Paper: J. Ma, F. Li, B. Wang, "U-Mamba: Enhancing Long-range Dependency for Biomedical Image Segmentation",
 arXiv:2401.04722 (2024). Upstream: https://github.com/bowang-lab/U-Mamba (commit 28459e3,
 ``umamba/nnunetv2/nets/UMambaEnc_2d.py``, trainers ``nnUNetTrainerUMambaEnc`` / ``nnUNetTrainerUMambaEncNoAMP``),
-described in ``upstream_mamba1_models.md`` §4; our own code on the blocks of :mod:`mambaseg.models.umamba_bot`.
+described in ``upstream_mamba1_models.md`` §4; our own code on the blocks of :mod:`mambaseg.models.networks.umamba_bot`.
 Module names equal upstream's (``encoder.{stem,mamba_layers,stages}``, ``decoder.*`` incl. the duplicated
 ``decoder.encoder.*``), so upstream state dicts load with ``strict=True``.
 
@@ -29,9 +29,10 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .nnunet_blocks import NNUNetPlan, block_counts_umamba, init_weights_he, nnunet_plan_2d
-from .registry import register_model
-from .umamba_bot import MambaLayer, UNetResDecoder, _NNUNetMambaBase, _res_stage
+from ..blocks.nnunet_blocks import NNUNetPlan, block_counts_umamba, init_weights_he, nnunet_plan_2d
+from ..backbone import BackboneMixin
+from ..registry import register_model
+from ..blocks.umamba import MambaLayer, UNetResDecoder, NNUNetMambaBase, res_stage
 
 __all__ = ["UMambaEnc", "ResidualMambaEncoder"]
 
@@ -43,7 +44,7 @@ class ResidualMambaEncoder(nn.Module):
     def __init__(self, in_channels: int, plan: NNUNetPlan, n_blocks: Sequence[int]):
         super().__init__()
         f, k, s, n = plan.features, plan.kernel_sizes, plan.strides, plan.n_stages
-        self.stem = _res_stage(in_channels, f[0], n_blocks[0], k[0], 1)
+        self.stem = res_stage(in_channels, f[0], n_blocks[0], k[0], 1)
         size = plan.patch_size
         self.feature_map_sizes, self.do_channel_token, layers = [], [], []
         for i in range(n):
@@ -56,7 +57,7 @@ class ResidualMambaEncoder(nn.Module):
             else:
                 layers.append(nn.Identity())
         self.mamba_layers = nn.ModuleList(layers)
-        self.stages = nn.ModuleList([_res_stage(f[i - 1] if i else f[0], f[i], n_blocks[i], k[i], s[i])
+        self.stages = nn.ModuleList([res_stage(f[i - 1] if i else f[0], f[i], n_blocks[i], k[i], s[i])
                                      for i in range(n)])
         self.output_channels = list(f)
 
@@ -69,7 +70,7 @@ class ResidualMambaEncoder(nn.Module):
         return skips
 
 
-class UMambaEnc(_NNUNetMambaBase):
+class UMambaEnc(NNUNetMambaBase, BackboneMixin):
     """U-Mamba Enc 2-D (Ma et al., 2024, arXiv:2401.04722). Input (B, in_channels, P, P) with P the
     ``patch_size`` it was built for; output logits (B, num_classes, P, P), or with ``deep_supervision`` a list of
     logits, full resolution first.

@@ -3,7 +3,7 @@
 Paper: "HMT-UNet: A hybrid Mamba-Transformer Vision UNet for Medical Image Segmentation", Mingya Zhang,
 Zhihao Chen, Yiyuan Ge, Xianping Tao, 2024 (arXiv:2408.11289). Upstream code: simzhangbest/HMT-Unet
 (``models/hmt_unet.py``, ``models/mamba_vision.py``; model files only, no training code), described in our spec
-``upstream_models.md`` §4. Blocks: ``mambaseg.models.mambavision``.
+``upstream_models.md`` §4. Blocks: ``mambaseg.models.blocks.mambavision``.
 
 Two networks are registered:
 
@@ -76,11 +76,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .layers import check_input_size, init_linear_and_norms
-from .mambavision import FinalPatchExpand2D, MambaVisionLayer, MambaVisionStem
-from .pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
-from .backbone import BackboneMixin
-from .registry import register_model
+from ..blocks.layers import check_input_size, init_linear_and_norms
+from ..blocks.mambavision import FinalPatchExpand2D, MambaVisionLayer, MambaVisionStem
+from ..pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
+from ..backbone import BackboneMixin
+from ..registry import register_model
 
 __all__ = ["HMTUNet", "MambaVisionUNet", "HMT_UNET_SIZES", "load_mambavision_checkpoint"]
 

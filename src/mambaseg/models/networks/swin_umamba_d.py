@@ -3,8 +3,8 @@
 Paper: J. Liu et al., "Swin-UMamba: Mamba-based UNet with ImageNet-based pretraining", arXiv:2402.03302
 (MICCAI 2024), the "†" variant. Upstream code: https://github.com/JiarunLiu/Swin-UMamba
 (``swin_umamba/nnunetv2/nets/SwinUMambaD.py``, trainers ``nnUNetTrainerSwinUMambaD{,Scratch}.py``), re-written
-here in our own code on the shared VMamba v0 blocks of :mod:`mambaseg.models.vss` and the ``VSSMEncoder`` of
-:mod:`mambaseg.models.swin_umamba`. Module and parameter names equal upstream's (``vssm_encoder.*``,
+here in our own code on the shared VMamba v0 blocks of :mod:`mambaseg.models.blocks.vss` and the ``VSSMEncoder`` of
+:mod:`mambaseg.models.networks.swin_umamba`. Module and parameter names equal upstream's (``vssm_encoder.*``,
 ``decoder.{expand_layers, concat_back_dim, stages, seg_layers}``), so an upstream ``state_dict`` (312 keys)
 loads with ``strict=True``. 27,497,720 parameters for 1 channel / 14 classes.
 
@@ -37,12 +37,12 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 
-from .backbone import BackboneMixin
-from .layers import check_input_size
-from .pretrained import register_pretrained_loader
-from .registry import register_model
-from .swin_umamba import VSSMEncoder, load_vmamba_v0_into_vssm_encoder
-from .vss import FinalPatchExpandX4, PatchExpand, VSSLayer
+from ..backbone import BackboneMixin
+from ..blocks.layers import check_input_size
+from ..pretrained import register_pretrained_loader
+from ..pretrained_vmamba import load_vmamba_v0_into_vssm_encoder
+from ..registry import register_model
+from ..blocks.vss import FinalPatchExpandX4, PatchExpand, VSSLayer, VSSMEncoder
 
 __all__ = ["SwinUMambaD", "UNetResDecoder", "init_weights_he"]
 

@@ -3,7 +3,7 @@
 Paper: W. Liao, Y. Zhu, X. Wang, C. Pan, Y. Wang, L. Ma, "LightM-UNet: Mamba Assists in Lightweight UNet for
 Medical Image Segmentation", arXiv:2403.05246 (2024). Upstream: https://github.com/MrBlankness/LightM-UNet (commit
 6b72e27, ``lightm-unet/nnunetv2/nets/LightMUNet.py``, trainer ``nnUNetTrainerLightMUNet``), described in
-``upstream_mamba1_models.md`` §5; re-written here in our own code (no MONAI) on :class:`mambaseg.models.mamba1.Mamba`.
+``upstream_mamba1_models.md`` §5; re-written here in our own code (no MONAI) on :class:`mambaseg.models.blocks.mamba1.Mamba`.
 Module names equal upstream's, including the ``.conv`` level MONAI's ``Convolution`` adds (``convInit.0.conv``,
 ``up_samples.i.0.conv``, ``conv_final.2.j.conv``), so an upstream state dict loads with ``strict=True``.
 
@@ -34,13 +34,12 @@ from typing import List, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .backbone import BackboneMixin
-from .layers import check_input_size
-from .mamba1 import Mamba
-from .registry import register_model
-from .umamba_bot import mamba_fp32
+from ..backbone import BackboneMixin
+from ..blocks.layers import check_input_size
+from ..blocks.mamba1 import Mamba
+from ..registry import register_model
+from ..blocks.umamba import mamba_fp32
 
 __all__ = ["LightMUNet", "LightMMambaLayer", "ResMambaBlock", "ResUpBlock"]
 

@@ -3,7 +3,7 @@
 VMamba (Liu et al., "VMamba: Visual State Space Model", arXiv:2401.10166), the mid-2024 "v2" code that MSVM-UNet
 copies (``model/vmamba/vmamba.py``) and the VMamba-T[s1l8] ImageNet checkpoint (``vmambav2v_tiny_224.yaml``,
 ``vssm1_tiny_0230s_ckpt_epoch_264.pth``) use. Written here once, beside the v0 blocks of
-:mod:`mambaseg.models.vss`, in our own code from the spec (``upstream_vss_models.md`` §A):
+:mod:`mambaseg.models.blocks.vss`, in our own code from the spec (``upstream_vss_models.md`` §A):
 
 * :class:`Linear2d` (an ``nn.Linear`` applied as a 1x1 conv, weight kept as (out, in); also loads (out, in, 1, 1)
   weights) and :class:`LayerNorm2d` (LayerNorm over the channel axis of a (B, C, H, W) map),

@@ -4,7 +4,7 @@ Paper: R. Wu, Y. Liu, G. Ning, P. Liang, Q. Chang, "UltraLight VM-UNet: Parallel
 parameters for skin lesion segmentation", Patterns (Cell Press) 2025, doi:10.1016/j.patter.2025.101298,
 arXiv:2403.20035. Upstream: https://github.com/wurenkai/UltraLight-VM-UNet (commit d7648e4,
 ``models/UltraLight_VM_UNet.py``, ``configs/config_setting.py``), described in ``upstream_mamba1_models.md`` §6;
-re-written here in our own code on :class:`mambaseg.models.mamba1.Mamba`. Module names equal upstream's
+re-written here in our own code on :class:`mambaseg.models.blocks.mamba1.Mamba`. Module names equal upstream's
 (``encoder1..6``, ``decoder1..5``, ``ebn1..5``, ``dbn1..5``, ``scab.{catt,satt}``, ``final``), so an upstream
 ``best.pth`` state dict loads with ``strict=True``.
 
@@ -42,11 +42,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import BackboneMixin
-from .layers import check_input_size, trunc_normal_
-from .mamba1 import Mamba
-from .registry import register_model
-from .umamba_bot import mamba_fp32
+from ..backbone import BackboneMixin
+from ..blocks.layers import check_input_size, trunc_normal_
+from ..blocks.mamba1 import Mamba
+from ..registry import register_model
+from ..blocks.umamba import mamba_fp32
 
 __all__ = ["UltraLightVMUNet", "PVMLayer", "SCAttBridge"]
 

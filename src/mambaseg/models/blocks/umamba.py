@@ -1,61 +1,27 @@
-"""U-Mamba Bot (2-D): nnU-Net residual U-Net with one Mamba layer at the bottleneck.
+"""The U-Mamba family's blocks (U-Mamba Bot/Enc, LKM-UNet, LightM-UNet and UltraLight VM-UNet use them).
 
-Paper: J. Ma, F. Li, B. Wang, "U-Mamba: Enhancing Long-range Dependency for Biomedical Image Segmentation",
-arXiv:2401.04722 (2024). Upstream: https://github.com/bowang-lab/U-Mamba (commit 28459e3,
-``umamba/nnunetv2/nets/UMambaBot_2d.py``, trainer ``nnUNetTrainerUMambaBot``), described in
-``upstream_mamba1_models.md`` §3; re-written here in our own code on :mod:`mambaseg.models.nnunet_blocks` and the
-Mamba-1 block :class:`mambaseg.models.mamba1.Mamba`. Module names equal upstream's (``encoder.stem``,
-``encoder.stages``, ``mamba_layer.{norm,mamba}``, ``decoder.{encoder,stages,upsample_layers,seg_layers}``), so an
-upstream ``network_weights`` state dict (``decoder.encoder.*`` duplicates included) loads with ``strict=True``.
-
-This file also holds the blocks U-Mamba Enc shares: :class:`BasicResBlock`, :class:`UpsampleLayer`,
-:class:`MambaLayer`, :class:`UNetResEncoder` and :class:`UNetResDecoder`.
-
-Architecture (default = nnU-Net's 2-D plan for 256x256 patches, 7 stages, widths 32..512, spec §2.1):
-stem [BasicResBlock(in -> 32, 1x1 projection) + BasicBlockD] -> stage s: [BasicResBlock (stride, 1x1
-projection), (n_s - 1) x BasicBlockD] -> ``mamba_layer`` on the deepest map (row-major tokens, LayerNorm, Mamba)
--> decoder stage i: nearest upsample + 1x1 conv, concat the skip, [BasicResBlock, (m_i - 1) x BasicBlockD],
-1x1 seg head. He init (slope 0.01) on every conv; the Mamba keeps its own init. Returns logits.
-
-Upstream quirks, all kept:
-
-* Block counts are overridden: encoder stages ``s >= ceil(n/2)`` and decoder stages ``i >= ceil(n/2)`` (up to
-  the last) get one block (plan256: encoder [2,2,2,2,1,1,1], decoder [2,2,2,2,1,1]).
-* No residual around the Mamba layer: its output replaces the bottleneck feature.
-* The last (full-resolution) decoder stage does not concatenate the stage-0 skip (a 32 -> 32 BasicResBlock).
-* The decoder holds the encoder as a child, so every ``encoder.*`` key also exists as ``decoder.encoder.*``.
-* ``BasicResBlock`` always has its 1x1 conv (``conv3``), even when widths and stride are unchanged.
-
-Differences, each deliberate:
-
-* ``deep_supervision`` defaults to False (a single logits tensor, as every mambaseg model); upstream's builder
-  default is True (list of logits, full resolution first). ``model.deep_supervision`` can be flipped as
-  nnU-Net's ``set_deep_supervision_enabled`` does; ``"train"`` returns the list in training mode only (what the
-  nnU-Net trainer does; the engine then applies nnU-Net's deep-supervision loss weights).
-* The Mamba layer runs in float32 under any autocast (upstream disables CUDA autocast and casts fp16 only; we
-  also cast bf16, and disable autocast on CPU too).
-* Input sizes not divisible by the product of the strides (64 for plan256) raise a ValueError.
-* The ignored upstream arguments (``stem_channels``, ``dropout_op``, ``pool_type``) are not accepted.
+Re-written from upstream's ``UMambaBot_2d.py`` / ``UMambaEnc_2d.py`` (https://github.com/bowang-lab/U-Mamba,
+commit 28459e3; ``upstream_mamba1_models.md`` §3-§4) on :mod:`mambaseg.models.blocks.nnunet_blocks` and the Mamba-1
+block :class:`mambaseg.models.blocks.mamba1.Mamba`: :func:`mamba_fp32`, :class:`BasicResBlock`,
+:class:`UpsampleLayer`, :class:`MambaLayer`, :class:`UNetResEncoder`, :class:`UNetResDecoder` and
+:class:`NNUNetMambaBase` (plan, input check, deep-supervision switch). Module names equal upstream's.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import BackboneMixin
 from .layers import check_input_size
 from .mamba1 import Mamba
-from .nnunet_blocks import (BasicBlockD, NNUNetPlan, block_counts_umamba, check_deep_supervision,
-                            deep_supervision_active, init_weights_he, instance_norm, leaky_relu, nnunet_plan_2d)
-from .registry import register_model
+from .nnunet_blocks import (BasicBlockD, NNUNetPlan, check_deep_supervision, deep_supervision_active, instance_norm,
+                            leaky_relu)
 
-__all__ = ["UMambaBot", "BasicResBlock", "UpsampleLayer", "MambaLayer", "UNetResEncoder", "UNetResDecoder",
-           "mamba_fp32"]
-
+__all__ = ["mamba_fp32", "BasicResBlock", "UpsampleLayer", "MambaLayer", "res_stage", "UNetResEncoder",
+           "UNetResDecoder", "NNUNetMambaBase"]
 
 def mamba_fp32(x: torch.Tensor, fn):
     """Run ``fn(x)`` in float32 with autocast off (upstream's ``autocast(enabled=False)`` + fp16 -> fp32 cast)."""
@@ -126,7 +92,7 @@ class MambaLayer(nn.Module):
         return mamba_fp32(x, self._run)
 
 
-def _res_stage(in_ch: int, out_ch: int, n_blocks: int, kernel_size: int, stride: int) -> nn.Sequential:
+def res_stage(in_ch: int, out_ch: int, n_blocks: int, kernel_size: int, stride: int) -> nn.Sequential:
     """[BasicResBlock(in -> out, stride, 1x1 projection), (n_blocks - 1) x BasicBlockD(out -> out)]."""
     return nn.Sequential(BasicResBlock(in_ch, out_ch, kernel_size, (kernel_size - 1) // 2, stride, use_1x1conv=True),
                          *[BasicBlockD(out_ch, out_ch, kernel_size, 1) for _ in range(n_blocks - 1)])
@@ -139,8 +105,8 @@ class UNetResEncoder(nn.Module):
     def __init__(self, in_channels: int, plan: NNUNetPlan, n_blocks: Sequence[int], stages_type=nn.Sequential):
         super().__init__()
         f, k, s = plan.features, plan.kernel_sizes, plan.strides
-        self.stem = _res_stage(in_channels, f[0], n_blocks[0], k[0], 1)
-        stages = [_res_stage(f[i - 1] if i else f[0], f[i], n_blocks[i], k[i], s[i]) for i in range(plan.n_stages)]
+        self.stem = res_stage(in_channels, f[0], n_blocks[0], k[0], 1)
+        stages = [res_stage(f[i - 1] if i else f[0], f[i], n_blocks[i], k[i], s[i]) for i in range(plan.n_stages)]
         self.stages = nn.Sequential(*stages) if stages_type is nn.Sequential else nn.ModuleList(stages)
         self.output_channels = list(f)
         self.strides = list(s)
@@ -172,7 +138,7 @@ class UNetResDecoder(nn.Module):
             below, skip = f[n - 1 - i], f[n - 2 - i]
             ups.append(UpsampleLayer(below, skip, st[n - 1 - i]))
             cin = 2 * skip if i < n - 2 else skip
-            stages.append(_res_stage(cin, skip, n_blocks[i], k[n - 2 - i], 1))
+            stages.append(res_stage(cin, skip, n_blocks[i], k[n - 2 - i], 1))
             segs.append(nn.Conv2d(skip, num_classes, 1))
         self.stages = nn.ModuleList(stages)
         self.upsample_layers = nn.ModuleList(ups)
@@ -196,7 +162,7 @@ class UNetResDecoder(nn.Module):
         return outs if ds else outs[0]
 
 
-class _NNUNetMambaBase(BackboneMixin, nn.Module):
+class NNUNetMambaBase(nn.Module):
     """Shared plumbing: plan, input check, encoder-backbone API (``feature_info``, ``forward_intermediates``,
     ``forward_features``)."""
 
@@ -231,56 +197,3 @@ class _NNUNetMambaBase(BackboneMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_intermediates(x)[-1]
-
-
-class UMambaBot(_NNUNetMambaBase):
-    """U-Mamba Bot 2-D (Ma et al., 2024, arXiv:2401.04722). Input (B, in_channels, H, W), H and W divisible by
-    the product of the strides (64 for the 256 plan, 128 for the 512 plan); output logits (B, num_classes, H, W),
-    or with ``deep_supervision`` a list of logits, full resolution first (one per decoder stage).
-
-    Args:
-        in_channels: image channels. Default 3.
-        num_classes: output channels (nnU-Net: segmentation heads incl. background). Default 1.
-        patch_size: nnU-Net plan to build (spec §2.1): 256 (7 stages, default) or 512 (8 stages); any size
-            divisible by 2^floor(log2(size/4)) works (64 -> 5 stages).
-        features_per_stage, strides, kernel_sizes, n_conv_per_stage, n_conv_per_stage_decoder: explicit plan
-            lists instead of the canonical ones (the block-count override is applied to them as upstream).
-        deep_supervision: return every decoder stage's logits: True (always, upstream's builder default), False
-            (default), or ``"train"`` (in training mode only, as nnU-Net trains and then validates).
-    """
-
-    arch_name = "U-Mamba Bot"
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 1, patch_size: int = 256,
-                 features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence[int]] = None,
-                 kernel_sizes: Optional[Sequence[int]] = None, n_conv_per_stage: Optional[Sequence[int]] = None,
-                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: Union[bool, str] = False):
-        super().__init__()
-        plan = nnunet_plan_2d(patch_size, features_per_stage, strides, kernel_sizes, n_conv_per_stage,
-                              n_conv_per_stage_decoder, model=self.arch_name)
-        self._setup(in_channels, num_classes, plan)
-        n_enc, n_dec = block_counts_umamba(plan.n_conv_encoder, plan.n_conv_decoder)
-        self.n_blocks_per_stage, self.n_conv_per_stage_decoder = n_enc, n_dec
-        self.encoder = UNetResEncoder(in_channels, plan, n_enc)
-        self.mamba_layer = MambaLayer(dim=plan.features[-1])
-        self.decoder = UNetResDecoder(self.encoder, num_classes, plan, n_dec, deep_supervision)
-        n = plan.n_stages
-        self.feature_info = [dict(num_chs=c, reduction=r, module=f"encoder.stages.{i}" if i < n - 1 else "mamba_layer")
-                             for i, (c, r) in enumerate(zip(plan.features, plan.reductions))]
-        self.apply(init_weights_he)
-
-    def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """The skips as the decoder receives them: stage outputs, the deepest after the Mamba layer."""
-        self.check_input(x)
-        skips = self.encoder(x)
-        skips[-1] = self.mamba_layer(skips[-1])
-        return skips
-
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        return self.decoder(self.forward_intermediates(x))
-
-
-@register_model("umamba_bot", paper="U-Mamba (Ma, Li & Wang, 2024, arXiv:2401.04722)", default_size=256)
-def umamba_bot(in_channels: int = 3, num_classes: int = 1, **kwargs) -> UMambaBot:
-    """U-Mamba Bot 2-D, nnU-Net 256 plan (7 stages, 32..512), one Mamba layer at the bottleneck."""
-    return UMambaBot(in_channels=in_channels, num_classes=num_classes, **kwargs)

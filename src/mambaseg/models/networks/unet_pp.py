@@ -32,10 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conv_blocks import DoubleConv, channel_widths, check_base_channels, init_conv_weights
-from .layers import check_input_size
-from .backbone import BackboneMixin
-from .registry import register_model
+from ..blocks.conv_blocks import DoubleConv, channel_widths, check_base_channels, init_conv_weights
+from ..blocks.layers import check_input_size
+from ..backbone import BackboneMixin
+from ..registry import register_model
 
 __all__ = ["UNetPlusPlus"]
 

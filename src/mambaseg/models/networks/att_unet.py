@@ -3,7 +3,7 @@
 Paper: O. Oktay et al., "Attention U-Net: Learning Where to Look for the Pancreas", MIDL 2018,
 https://arxiv.org/abs/1804.03999. Written from the paper for mambaseg (no upstream code copied).
 
-The network is mambaseg's :class:`~mambaseg.models.unet.UNet` (same encoder, decoder and widths) with an additive
+The network is mambaseg's :class:`~mambaseg.models.networks.unet.UNet` (same encoder, decoder and widths) with an additive
 attention gate on each of the four skip connections (paper Eq. 1-2)::
 
     q     = psi^T ReLU(W_x^T x + W_g^T g + b_g) + b_psi
@@ -28,10 +28,10 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from .conv_blocks import DoubleConv, UpSample
-from .layers import check_input_size
-from .registry import register_model
-from .unet import UNet
+from ..blocks.conv_blocks import ConvUNet, DoubleConv, UpSample
+from ..blocks.layers import check_input_size
+from ..backbone import BackboneMixin
+from ..registry import register_model
 
 __all__ = ["AttentionGate", "AttentionUNet"]
 
@@ -78,10 +78,10 @@ class AttUpBlock(nn.Module):
         return self.conv(torch.cat([self.gate(skip, g), g], dim=1))
 
 
-class AttentionUNet(UNet):
+class AttentionUNet(ConvUNet, BackboneMixin):
     """Attention U-Net (Oktay et al., 2018): U-Net with additive attention gates on the skips.
 
-    The same network as :class:`~mambaseg.models.unet.UNet` (same encoder, widths and parameter names) with an
+    The same network as :class:`~mambaseg.models.networks.unet.UNet` (same encoder, widths and parameter names) with an
     :class:`AttUpBlock` at every decoder level.
 
     Input (B, in_channels, H, W) with H and W divisible by 16 (224 and 256 both work); output: logits
@@ -91,7 +91,7 @@ class AttentionUNet(UNet):
         in_channels: input image channels. Default 3.
         num_classes: output channels. Default 1.
         base_channels: width of the first level; level i has ``base_channels * 2**i``. Default 64.
-        upsample: ``"transpose"`` (default) or ``"bilinear"``, as in :class:`~mambaseg.models.unet.UNet`.
+        upsample: ``"transpose"`` (default) or ``"bilinear"``, as in :class:`~mambaseg.models.networks.unet.UNet`.
     """
 
     arch_name = "att_unet"
