@@ -1,11 +1,14 @@
-"""Training-step throughput: images per second for one optimiser step of each model, fp32 and bf16 autocast,
-with peak memory.
+"""Training-step throughput: images (2D) or patches (3D) per second for one optimiser step of each model, fp32 and
+bf16 autocast, with peak memory.
 
     python benchmarks/train_step.py --device cuda                 # the GPU issue's table: batch 32, 256^2
     python benchmarks/train_step.py --device cpu --batch 2 --models vmunet,unet   # small CPU check
+    python benchmarks/train_step.py --device cuda --models segmamba,umamba_bot_3d --batch3d 2 --patch 128 --dtypes bf16
 
 Step = forward, loss (BCE+Dice on logits, 1 class), backward, AdamW step, as in the upstream recipes. Input
-size is each model's paper size (256; 224 for Mamba-UNet and Swin-UNet) unless --size is given. Median of
+size is each model's paper size (256; 224 for Mamba-UNet and Swin-UNet) unless --size is given. A 3D network
+(``spatial_dims == 3``) gets 4-channel patches of --patch voxels a side, batch --batch3d, 4 classes and a
+cross-entropy + soft Dice loss (the 3D papers' recipe). Median of
 --repeats steps after --warmup steps, timed with CUDA events on a GPU. Peak memory: CUDA max allocated (GPU
 only; on the CPU the column shows "-", use benchmarks/models.py there). The upstream numbers to compare with (mamba-ssm's CUDA kernel, H100)
 are in ../shared/spec/gpu_anchor.md; they are printed beside ours when --device cuda and batch 32.
@@ -29,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=None)
+    p.add_argument("--patch", type=int, default=128, help="3D networks: patch side (voxels)")
+    p.add_argument("--batch3d", type=int, default=2, help="3D networks: patches per step")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
@@ -58,16 +63,31 @@ def main(argv=None) -> int:
     print(f"device={torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, batch={args.batch}, "
           f"scan backend={resolve_backend(args.backend, dev)}, torch {torch.__version__}, "
           f"median of {args.repeats} steps after {args.warmup}")
-    print(f"{'model':>12} {'size':>5} {'dtype':>5} | {'img/s':>8} {'upstream img/s':>15} | {'peak GB':>8}")
-    loss_fn = BceDiceLoss()
+    print(f"{'model':>14} {'size':>5} {'dtype':>5} | {'img/s':>8} {'upstream img/s':>15} | {'peak GB':>8}")
+    bce_dice = BceDiceLoss()
+
+    def ce_dice(out, y):  # 3D: softmax cross-entropy + soft Dice over the foreground classes
+        p = out.softmax(1)
+        onehot = torch.nn.functional.one_hot(y, out.shape[1]).movedim(-1, 1).float()
+        dims = tuple(range(2, out.dim()))
+        dice = (2 * (p * onehot).sum(dims) + 1e-5) / (p.sum(dims) + onehot.sum(dims) + 1e-5)
+        return torch.nn.functional.cross_entropy(out, y) + 1 - dice[:, 1:].mean()
+
     for name in args.models.split(","):
-        size = args.size or model_info(name).default_size
         for dt in args.dtypes.split(","):
             torch.manual_seed(0)
-            model = create_model(name, in_channels=3, num_classes=1).to(dev).train()
+            model = create_model(name, in_channels=3, num_classes=1)
+            if getattr(model, "spatial_dims", 2) == 3:
+                model = create_model(name, in_channels=4, num_classes=4)
+                size, batch, loss_fn = args.patch, args.batch3d, ce_dice
+                x = torch.randn(batch, 4, size, size, size, device=dev)
+                y = torch.randint(0, 4, (batch, size, size, size), device=dev)
+            else:
+                size, batch, loss_fn = args.size or model_info(name).default_size, args.batch, bce_dice
+                x = torch.randn(batch, 3, size, size, device=dev)
+                y = (torch.rand(batch, size, size, device=dev) > 0.5).float()
+            model = model.to(dev).train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
-            x = torch.randn(args.batch, 3, size, size, device=dev)
-            y = (torch.rand(args.batch, size, size, device=dev) > 0.5).float()
             amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=(dt == "bf16"))
 
             def step():
@@ -96,11 +116,11 @@ def main(argv=None) -> int:
                     t = time.perf_counter()
                     step()
                     times.append(time.perf_counter() - t)
-            ips = args.batch / statistics.median(times)
+            ips = batch / statistics.median(times)
             peak = f"{torch.cuda.max_memory_allocated(dev) / 2**30:.2f}" if dev.type == "cuda" else "-"
             anchor = ANCHOR_H100.get(name)
             ref = f"{anchor[0 if dt == 'fp32' else 1]:.1f}" if anchor and dev.type == "cuda" else "-"
-            print(f"{name:>12} {size:>5} {dt:>5} | {ips:>8.1f} {ref:>15} | {peak:>8}", flush=True)
+            print(f"{name:>14} {size:>5} {dt:>5} | {ips:>8.1f} {ref:>15} | {peak:>8}", flush=True)
             del model, opt
     return 0
 
