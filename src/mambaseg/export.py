@@ -13,14 +13,24 @@ Needs the optional extra: ``pip install 'mambaseg[export]'`` (onnx, onnxruntime)
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from mambaseg.data.labels import dataset_class_names
+from mambaseg.engine.io import check_mambaseg_checkpoint, load_checkpoint
+from mambaseg.models import create_model, model_info, save_pretrained
+from mambaseg.ops import intercept_scans
+from mambaseg.ops.scan_onnx import expand_scan_nodes, selective_scan_onnx
+from mambaseg.utils.convert import as_size
+from mambaseg.utils.fileio import atomic_path
 
 __all__ = ["to_onnx", "onnx_session", "run_onnx", "ExportError", "checkpoint_to_folder", "read_training_checkpoint",
            "model_card"]
@@ -49,11 +59,10 @@ class _Probabilities(nn.Module):
 
 
 def _size2(size) -> Tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ExportError(f"size must be an int or (H, W), got {size!r}")
+    try:
+        return as_size(size, 2)
+    except (TypeError, ValueError):
+        raise ExportError(f"size must be an int or (H, W), got {size!r}") from None
 
 
 def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_channels: Optional[int] = None,
@@ -66,8 +75,6 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
     _require_onnx()
     import onnx
 
-    from mambaseg.ops import intercept_scans
-    from mambaseg.ops.scan_onnx import expand_scan_nodes, selective_scan_onnx
     if output not in ("logits", "probabilities"):
         raise ExportError(f"output must be 'logits' or 'probabilities', got {output!r}")
     path = Path(path)
@@ -76,7 +83,6 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
     if size is None:
         size = getattr(model, "img_size", None)
         if size is None:
-            from mambaseg.models import model_info
             name = getattr(model, "model_name", None)
             size = model_info(name).default_size if name else 256
     H, W = _size2(size)
@@ -91,7 +97,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
     except ValueError as e:
         raise ExportError(f"cannot export at input {c}x{H}x{W}: {e}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.trace.onnx")  # torch's own export, read back below
     t0 = time.perf_counter()
     try:
         scan = functools.partial(selective_scan_onnx, chunk=chunk)
@@ -109,8 +115,8 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
                                             "input_size": f"{H}x{W}", "in_channels": str(c)})
         if check:
             onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(str(path)) as final:
+            onnx.save(proto, final)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -146,7 +152,6 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
 
 def run_onnx(session, x) -> "numpy.ndarray":  # noqa: F821
     """Run a session on one batch (torch tensor or numpy array, float32); returns the first output."""
-    import numpy as np
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     name = session.get_inputs()[0].name
     return session.run(None, {name: arr.astype(np.float32, copy=False)})[0]
@@ -159,7 +164,6 @@ def read_training_checkpoint(ckpt: Union[str, os.PathLike]) -> Dict[str, Any]:
     p = Path(ckpt)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist (expected RUN/checkpoints/best.ckpt)")
-    from mambaseg.engine.io import check_mambaseg_checkpoint, load_checkpoint
     data = load_checkpoint(str(p))          # weights_only=True; one clear line for a foreign / broken file
     check_mambaseg_checkpoint(data, str(p))
     if "hyper_parameters" not in data:
@@ -169,7 +173,6 @@ def read_training_checkpoint(ckpt: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 def network_from_checkpoint(data: Dict[str, Any]) -> nn.Module:
     """The network (``create_model``) of a training checkpoint with its weights, eval mode."""
-    from mambaseg.models import create_model
     hp = dict(data["hyper_parameters"])
     out_ch = 1 if int(hp.get("num_classes", 2)) == 2 else int(hp["num_classes"])
     net = create_model(hp.get("model", "unet"), in_channels=int(hp.get("in_channels", 3)), num_classes=out_ch,
@@ -186,17 +189,6 @@ def _class_names(hp: Dict[str, Any], dm: Dict[str, Any]) -> Optional[Sequence[st
     return dataset_class_names((dm or {}).get("dataset"), int(hp.get("num_classes", 2)))
 
 
-def dataset_class_names(dataset: Optional[str], num_classes: int) -> Optional[list]:
-    """Label names (background first) of the shipped data readers, or None when unknown."""
-    from mambaseg.data.acdc import ACDC_CLASSES
-    from mambaseg.data.synapse import SYNAPSE_CLASSES
-    table = {"acdc": ACDC_CLASSES, "synthetic-cardiac": ACDC_CLASSES, "synapse": SYNAPSE_CLASSES,
-             "isic": ["background", "lesion"], "synthetic-skin": ["background", "lesion"],
-             "polyp": ["background", "polyp"], "synthetic-polyp": ["background", "polyp"]}
-    names = table.get(str(dataset or "").lower())
-    return list(names) if names and len(names) == num_classes else None
-
-
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -205,7 +197,6 @@ def model_card(name: str, hp: Dict[str, Any], dm: Dict[str, Any], run_dir: Optio
                class_names: Sequence[str]) -> str:
     """``README.md`` of an exported folder: data set, recipe, test metrics (with aggregation and HD95 mode),
     and the commands that reproduce them."""
-    import json
     dm = dm or {}
     lines = [f"# {name} (mambaseg)", "",
              f"Segmentation network `{name}` trained with mambaseg; exported from `{ckpt}`.", "",
@@ -258,7 +249,6 @@ def model_card(name: str, hp: Dict[str, Any], dm: Dict[str, Any], run_dir: Optio
 
 def checkpoint_to_folder(ckpt: Union[str, os.PathLike], out: Union[str, os.PathLike], overwrite: bool = False) -> Path:
     """Turn a training checkpoint into a pretrained folder (config.json, model.safetensors, README.md)."""
-    from mambaseg.models import save_pretrained
     data = read_training_checkpoint(ckpt)
     hp = dict(data["hyper_parameters"])
     dm = dict(data.get("datamodule_hyper_parameters") or {})

@@ -54,6 +54,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from mambaseg.utils.fileio import atomic_path
+
 from .base import SegDataset, VolumeDataset, VolumeSliceDataset, VolumeSource
 
 __all__ = ["SyntheticSkin", "SyntheticPolyp", "SyntheticCardiac", "generate_skin", "generate_polyp",
@@ -418,9 +420,8 @@ class _Synthetic2D(SegDataset):
         pairs = [self._generate(i) for i in range(self.num_samples)]
         self._mem = dict(enumerate(pairs))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez_compressed(tmp, images=np.stack([p[0] for p in pairs]), masks=np.stack([p[1] for p in pairs]))
-        os.replace(tmp, path)
+        with atomic_path(str(path)) as tmp:  # same suffix (.npz): numpy adds none
+            np.savez_compressed(tmp, images=np.stack([p[0] for p in pairs]), masks=np.stack([p[1] for p in pairs]))
 
     def _generate(self, index: int):
         return type(self).generator(_rng(self.seed, self.data, self.split, index), self.size)

@@ -35,6 +35,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from mambaseg.utils.convert import as_size
+
 __all__ = [
     "Compose", "RandomHFlip", "RandomVFlip", "RandomRotation", "RandomRot90", "RandomRotFlip", "RandomChoice",
     "Resize", "RandomCrop", "CenterCrop", "IntensityJitter", "Normalize", "ToFloat", "preset_transforms",
@@ -46,10 +48,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _as_size(size) -> Tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    h, w = size
-    return int(h), int(w)
+    return as_size(size, 2)
 
 
 class _Random:

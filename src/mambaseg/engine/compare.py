@@ -50,6 +50,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mambaseg.utils.convert import to_jsonable
+from mambaseg.utils.fileio import atomic_open, atomic_path, atomic_write_text
+
 from .errors import MambasegUserError
 
 __all__ = ["RunSpec", "ComparePlan", "plan_compare", "run_compare", "run_one", "run_state", "aggregate",
@@ -385,10 +388,7 @@ def _check_against_previous(plan: ComparePlan) -> None:
 
 def _write_json(path: str, data: Any) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def write_plan(plan: ComparePlan) -> None:
@@ -402,8 +402,7 @@ def write_plan(plan: ComparePlan) -> None:
              f"# {plan.command}" if plan.command else "#", "# each run is this `mambaseg fit` (add --resume true to "
              "continue a killed one):"]
     lines += ["mambaseg " + shlex.join(r.argv) for r in plan.runs]
-    with open(os.path.join(plan.out, "commands.sh"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(plan.out, "commands.sh"), "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -703,19 +702,19 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
                "runs": [{k: v for k, v in r.items() if k != "per_case"} for r in runs],
                "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1)}
     _write_json(os.path.join(out, "results.json"), _clean(results))
-    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "metric", "mean", "std", "n_runs", "values"])
         for lb in labels:
             for m, s in per_model[lb]["metrics"].items():
                 w.writerow([lb, m, _num(s["mean"]), _num(s["std"]), s["n"], " ".join(_num(v) for v in s["values"])])
-    with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out, "runs.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "seed", "fold", "run_dir", "fit_seconds", "epochs"] + metric_names)
         for r in runs:
             w.writerow([r["label"], r["seed"], "" if r["fold"] is None else r["fold"], os.path.relpath(r["run_dir"], out),
                         r["fit_seconds"], r["epochs"]] + [_num(r["metrics"].get(m)) for m in metric_names])
-    with open(os.path.join(out, "paired_tests.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out, "paired_tests.csv"), "w", newline="") as f:
         keys = ["model", "reference", "metric", "n", "n_nonzero", "n_dropped_nonfinite", "mean_diff", "median_diff",
                 "statistic", "pvalue", "pvalue_holm", "rank_biserial", "note"]
         w = csv.writer(f)
@@ -723,7 +722,7 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
         for t in tests:
             w.writerow([_num(t[k]) if isinstance(t[k], float) else t[k] for k in keys])
     # per-case table (model means over runs) for the box plot and for re-analysis
-    with open(os.path.join(out, "per_case_mean.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out, "per_case_mean.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "case_id"] + list(PAIRED_METRICS))
         for lb in labels:
@@ -731,10 +730,8 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
                 w.writerow([lb, cid] + [_num(case_vals[lb][cid][m]) for m in PAIRED_METRICS])
 
     md, tex, txt = _tables(labels, per_model, agg_note, len(plan["seeds"]), plan["folds"])
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(out, "table.tex"), "w") as f:
-        f.write(tex + "\n")
+    atomic_write_text(os.path.join(out, "table.md"), md + "\n")
+    atomic_write_text(os.path.join(out, "table.tex"), tex + "\n")
     box = _box_plot(out, labels, case_vals)
     _write_report(out, plan, results, md, box)
     results["table_text"] = txt
@@ -749,15 +746,7 @@ def _num(v) -> str:
 
 
 def _clean(v):
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (np.floating, np.integer)):
-        return _clean(v.item())
-    return v
+    return to_jsonable(v)
 
 
 def _tables(labels, per_model, agg_note, n_seeds, folds) -> Tuple[str, str, str]:
@@ -797,7 +786,8 @@ def _box_plot(out: str, labels, case_vals) -> Optional[str]:
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     path = os.path.join(out, "plots", "dice_box.png")
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -859,5 +849,4 @@ def _write_report(out, plan, results, table_md, box) -> None:
               "Files: `results.csv` / `results.json` (mean, std, every run's value), `runs.csv`, `paired_tests.csv`, "
               "`per_case_mean.csv`, `table.md`, `table.tex`, `splits/`, `runs/<model>/<seed>/` (each a full run "
               "directory with its own report).", ""]
-    with open(os.path.join(out, "report.md"), "w") as fh:
-        fh.write("\n".join(lines))
+    atomic_write_text(os.path.join(out, "report.md"), "\n".join(lines))

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from mambaseg.data.hints import data_arg, model_arg, option
+from mambaseg.data.labels import dataset_class_names
 
 from .errors import CheckpointMismatchError, MambasegUserError, near_matches
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
@@ -341,7 +342,6 @@ class SegmentationModule(pl.LightningModule):
             if names:
                 break
         if not names:
-            from mambaseg.export import dataset_class_names
             names = dataset_class_names(getattr(dm, "dataset_name", None), n)
         names = [str(c) for c in names] if names else None
         return names if names and len(names) == n and len(set(names)) == n else None

@@ -19,6 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mambaseg.utils.convert import to_jsonable
+from mambaseg.utils.fileio import atomic_open, atomic_write_bytes, atomic_write_text
+
 __all__ = ["EIGHT_METRICS", "RunRecord", "write_evaluation", "write_report", "format_metrics_table",
            "read_metrics_csv", "case_dice_values"]
 
@@ -63,26 +66,11 @@ def _scalar(v) -> Optional[float]:
 
 
 def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    try:
-        import torch
-        if isinstance(v, torch.Tensor):
-            return v.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None if math.isnan(v) else str(v)
-    return v
+    return to_jsonable(v, inf_as_str=True)
 
 
 def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
     """Write ``per_case.csv`` and ``summary.json`` (plus ``qualitative.npz``) into ``out_dir``."""
-    from .io import atomic_open
     os.makedirs(out_dir, exist_ok=True)
     settings = dict(results.get("settings") or {})
     if extra:
@@ -108,7 +96,6 @@ def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict
 
 
 def _write_rows_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
-    from .io import atomic_open
     keys: List[str] = []
     for r in rows:
         for k in r:
@@ -124,7 +111,6 @@ def _write_rows_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
 def _save_fig(fig, path: str) -> None:
     import io
 
-    from .io import atomic_write_bytes
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     atomic_write_bytes(path, buf.getvalue())
@@ -356,7 +342,6 @@ def write_report(out_dir: str, records: Sequence[RunRecord], title: str = "mamba
     for heading, p in plots.items():
         if p:
             lines += [f"## {heading}", "", f"![{heading}]({os.path.relpath(p, out_dir)})", ""]
-    from .io import atomic_write_text
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
