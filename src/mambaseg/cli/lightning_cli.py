@@ -22,7 +22,6 @@ On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overri
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
@@ -34,7 +33,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from mambaseg.engine.datamodule import SegDataModule
-from mambaseg.engine.errors import MambasegUserError
+from mambaseg.engine.errors import MambasegUserError, close_matches
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
 from mambaseg.engine.io import AtomicCheckpointIO, check_mambaseg_checkpoint, check_writable, load_checkpoint
 from mambaseg.engine.runs import (RandomStateCallback, ResumeHintCallback, RunInfoCallback, check_run_dir,
@@ -102,7 +101,7 @@ class MambaSegArgumentParser(LightningArgumentParser):
                 choices = _all_keys(parser) or _all_keys(self)
                 prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
                 pool = [c for c in choices if c.startswith(prefix)] or choices
-                near = difflib.get_close_matches(key, pool, n=3, cutoff=0.6)
+                near = close_matches(key, pool, n=3, cutoff=0.6)
                 dash = "" if key in str(message) and "--" + key not in str(message) else "--"
                 what = "option" if dash else "config key"
                 if near:

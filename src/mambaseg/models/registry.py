@@ -12,13 +12,17 @@ path to a classification checkpoint handed to ``mambaseg.models.load_pretrained`
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
+
+from mambaseg.utils.errors import near_matches
+
+from .features import FeatureEncoder
+from .pretrained import load_pretrained
 
 __all__ = ["register_model", "list_models", "create_model", "model_info", "ModelInfo", "UnknownModelError",
            "UnknownModelKwargError", "model_kwarg_names"]
@@ -57,23 +61,15 @@ def register_model(name: str, *, paper: str = "", default_size: int = 256, famil
     return deco
 
 
-def _ensure_loaded():
-    # Importing the package registers every network (each file registers itself at import).
-    import mambaseg.models  # noqa: F401
-
-
 def list_models(pattern: Optional[str] = None, family: Optional[str] = None) -> List[str]:
     """Registered model names, sorted; ``pattern`` is a shell-style wildcard (``"vmunet*"``)."""
-    _ensure_loaded()
     names = sorted(n for n, i in _REGISTRY.items() if family is None or i.family == family)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
 def model_info(name: str) -> ModelInfo:
-    _ensure_loaded()
     if name not in _REGISTRY:
-        near = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        hint = near_matches(name, _REGISTRY, cutoff=0.4)
         raise UnknownModelError(f"unknown model {name!r}{hint} Registered models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
@@ -117,8 +113,7 @@ def _check_kwargs(name: str, kwargs: Dict) -> None:
         return
     for key in kwargs:
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+            hint = near_matches(key, valid)
             raise UnknownModelKwargError(f"model {name!r} has no keyword {key!r}{hint} Valid keywords: "
                                          f"{', '.join(valid) or '(none)'}")
 
@@ -133,7 +128,6 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrain
     forward gives the multi-scale maps listed in its ``feature_info`` (``out_indices`` selects stages).
     The arguments are kept on ``model.model_args`` (what ``save_pretrained`` writes)."""
     if features_only:
-        from .backbone import FeatureEncoder
         full = create_model(name, in_channels, num_classes, pretrained, **kwargs)
         enc = FeatureEncoder(full, out_indices)
         enc.model_name = name
@@ -148,14 +142,12 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrain
     model.model_name = name
     model.model_args = _bound_args(info.factory, dict(in_channels=in_channels, num_classes=num_classes, **kwargs))
     if pretrained:
-        from .pretrained import load_pretrained
         model.pretrained_report = load_pretrained(model, pretrained)
     return model
 
 
 def _bound_args(factory: Callable, given: dict) -> dict:
     """Every argument of the factory call (given ones plus the factory's defaults), ``**kwargs`` flattened."""
-    import inspect
     try:
         sig = inspect.signature(factory)
         bound = sig.bind(**given)
