@@ -30,34 +30,12 @@ import sys
 import traceback
 from typing import List, Optional
 
+from mambaseg.engine.configs import config_dir, list_configs, resolve_config_path
+
 __all__ = ["main", "resolve_config_path", "list_configs", "config_dir"]
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 OWN_COMMANDS = ("predict", "models", "datasets", "configs", "demo", "profile")
-
-
-def config_dir() -> str:
-    """The folder of the shipped YAML configs (package data, present after a non-editable install too)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def list_configs() -> List[str]:
-    d = config_dir()
-    return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml")) if os.path.isdir(d) else []
-
-
-def resolve_config_path(value: str) -> str:
-    """A config path as given if it exists, else the shipped config of that name (``demo``, ``configs/demo.yaml``)."""
-    if os.path.exists(value):
-        return value
-    name = os.path.basename(value)
-    name = name[:-5] if name.endswith(".yaml") else name[:-4] if name.endswith(".yml") else name
-    candidate = os.path.join(config_dir(), name + ".yaml")
-    if os.path.isfile(candidate):
-        return candidate
-    from mambaseg.engine.errors import near_matches
-    raise FileNotFoundError(f"config {value!r} not found (neither a file nor a shipped config"
-                            f"{near_matches(name, list_configs())}). Shipped configs: {', '.join(list_configs())}")
 
 
 def _rewrite_config_args(argv: List[str]) -> List[str]:
@@ -225,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from . import compare_cmd
             return compare_cmd.main(argv[1:])
         if argv and argv[0] in LIGHTNING_COMMANDS:
-            from .lightning_cli import run_cli
+            from mambaseg.engine.run import run_cli
             try:
                 run_cli([argv[0]] + _rewrite_config_args(argv[1:]))
             except SystemExit as e:

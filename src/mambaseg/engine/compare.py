@@ -53,7 +53,9 @@ import numpy as np
 from mambaseg.utils.convert import to_jsonable
 from mambaseg.utils.fileio import atomic_open, atomic_path, atomic_write_text
 
+from .configs import resolve_config_path
 from .errors import MambasegUserError
+from .run import build, fit
 
 __all__ = ["RunSpec", "ComparePlan", "plan_compare", "run_compare", "run_one", "run_state", "aggregate",
            "paired_test", "holm", "rank_biserial", "fold_split", "parse_models", "parse_seeds", "COMPARE_OWNED_KEYS"]
@@ -179,20 +181,6 @@ def _check_overrides(overrides: Sequence[str]) -> None:
                                     "--model_kwargs, --seeds or --out instead")
 
 
-class _DryCLI:
-    """Parse + instantiate model and data module exactly as ``fit`` would, without a trainer or any file."""
-
-    @staticmethod
-    def build(config: str, args: Sequence[str]):
-        from mambaseg.cli.lightning_cli import MambaSegCLI
-
-        class _NoTrainer(MambaSegCLI):
-            def instantiate_trainer(self, **kwargs):
-                return None
-
-        return _NoTrainer(args=["--config", config, *args], run=False)
-
-
 def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = None, out: str = "runs/compare",
                  overrides: Sequence[str] = (), model_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
                  reference: Optional[str] = None, launcher: str = "local", command: str = "",
@@ -203,7 +191,6 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
     would start several processes (DDP: ``trainer.devices`` > 1 or ``auto``/-1 on a GPU machine, a ``ddp``
     strategy, several nodes), because Lightning's DDP launcher re-runs the command line of the process."""
     import yaml
-    from mambaseg.cli.main import resolve_config_path
     from mambaseg.models import list_models
     from .errors import near_matches
     from .datamodule import _group_ids, carve_indices
@@ -252,7 +239,8 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
     # parse + build every model once (bad keys / kwargs fail here, before any work)
     dms = {}
     for lb, m in pairs:
-        cli = _DryCLI.build(cfg_path, [*overrides, "--model.model", m, "--model.model_kwargs", json.dumps(kwargs[lb])])
+        cli = build(cfg_path, [*overrides, "--model.model", m, "--model.model_kwargs", json.dumps(kwargs[lb])],
+                    trainer=False)  # parse + build model and data module as fit would; no trainer, no file
         dms[lb] = cli
     cli0 = dms[labels[0]]
     cfg = cli0.config
@@ -439,7 +427,6 @@ def run_one(spec: Dict[str, Any], callbacks: Sequence[Any] = ()) -> Dict[str, An
 
     ``spec`` is ``asdict(RunSpec)``; ``callbacks`` are extra Lightning callbacks (tests inject faults this way).
     Returns ``{"key", "state", "seconds"}``; raises if the run ends without its test summary."""
-    from mambaseg.cli.lightning_cli import MambaSegCLI
     run_dir = spec["run_dir"]
     key = f"{spec['label']}/{_run_name(spec['seed'], spec['fold'])}"
     state = run_state(run_dir)
@@ -463,8 +450,7 @@ def run_one(spec: Dict[str, Any], callbacks: Sequence[Any] = ()) -> Dict[str, An
         if rc != 0:
             raise RuntimeError(f"run {key}: `mambaseg fit` exited with code {rc}; rerun the compare to resume")
     else:
-        extra = {"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}
-        MambaSegCLI(args=argv, **extra)
+        fit(overrides=argv[1:], callbacks=callbacks)  # argv: the run's documented `mambaseg fit ...` line
     if run_state(run_dir) != "done":
         raise RuntimeError(f"run {key} ended without test/summary.json (interrupted?); rerun the compare to resume")
     return {"key": key, "state": "resumed" if state == "resume" else "trained", "seconds": round(time.time() - t0, 2)}
