@@ -26,7 +26,8 @@ import torch.nn as nn
 
 from mambaseg.data.labels import dataset_class_names
 from mambaseg.engine.io import check_mambaseg_checkpoint, load_checkpoint
-from mambaseg.models import create_model, model_info, save_pretrained
+from mambaseg.models import create_model, save_pretrained
+from mambaseg.models.contract import SegmentationNetwork
 from mambaseg.ops import intercept_scans
 from mambaseg.ops.scan_onnx import expand_scan_nodes, selective_scan_onnx
 from mambaseg.utils.convert import as_size
@@ -69,7 +70,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
             output: str = "logits", opset: int = 17, chunk: Optional[int] = None, dynamic_batch: bool = True,
             overwrite: bool = False, check: bool = True) -> Dict[str, Any]:
     """Export ``model`` to ONNX at ``path``. ``size``: H (or (H, W)) of the input; default the model's
-    ``img_size`` or its registry ``default_size``. ``in_channels``: default ``model.in_channels``. ``chunk``:
+    fixed size, else its default size (the model contract). ``in_channels``: default ``model.in_channels``. ``chunk``:
     scan steps per ONNX ``Scan`` iteration (default 16). Returns ``{"path", "nodes", "scan_nodes", "bytes",
     "export_seconds", "input_shape"}``."""
     _require_onnx()
@@ -80,13 +81,13 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another --out or remove it (nothing is overwritten)")
+    network = isinstance(model, SegmentationNetwork)  # the model contract: size rule, default size, channels
     if size is None:
-        size = getattr(model, "img_size", None)
-        if size is None:
-            name = getattr(model, "model_name", None)
-            size = model_info(name).default_size if name else 256
+        if not network:
+            raise ExportError(f"{type(model).__name__} is not a mambaseg network; pass size=(H, W)")
+        size = model.input_size  # its fixed size, else its default size
     H, W = _size2(size)
-    c = int(in_channels or getattr(model, "in_channels", 3))
+    c = int(in_channels or (model.in_channels if network else 3))
     x = torch.zeros(1, c, H, W)
     was_training = model.training
     net = model.eval()

@@ -25,7 +25,7 @@ def _divisor(model: str, model_kwargs, in_channels: int):
             net = create_model(model, in_channels=in_channels, num_classes=1, **dict(model_kwargs or {}))
     except Exception:
         return None  # the model's own errors are fit's business; the check only reads its size rule
-    return getattr(net, "downsample_factor", None)
+    return net.downsample_factor  # the model contract's size rule (mambaseg.models.contract)
 
 
 def run_check(args: List[str]) -> int:

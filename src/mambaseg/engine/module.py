@@ -75,7 +75,9 @@ def check_image_size(image_size, divisor, model: str = "the model") -> None:
     _check_size_value(image_size)
     if not divisor:
         return
-    for s in _sizes(image_size):
+    sizes = _sizes(image_size)
+    divisors = tuple(divisor) if isinstance(divisor, (list, tuple)) else (divisor,) * len(sizes)
+    for s, divisor in zip(sizes, divisors):
         if s % divisor:
             near = " or ".join(data_arg("image_size", v) for v in nearest_valid_sizes(s, divisor))
             raise MambasegUserError(f"image size {s} does not fit {model}: its input sides must be multiples of "
@@ -163,7 +165,7 @@ class SegmentationModule(pl.LightningModule):
                 raise
             raise MambasegUserError(f"model.model_kwargs {dict(model_kwargs)!r} do not fit model {model!r}: {e}"
                                     ) from None
-        check_image_size(image_size, getattr(self.net, "downsample_factor", None), model)
+        check_image_size(image_size, self.net.downsample_factor, model)  # the model contract's size rule
         self.loss_name = loss or ("bce_dice" if num_classes == 2 else "ce_dice")
         self.loss_fn = self._build_loss(self.loss_name, dict(loss_kwargs or {}))
         self.test_results: Optional[Dict[str, Any]] = None

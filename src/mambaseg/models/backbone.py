@@ -23,14 +23,17 @@ import torch
 import torch.nn as nn
 
 from .features import FeatureEncoder, check_feature_info  # noqa: F401  (their public home was here)
+from .contract import SegmentationNetwork
 from .hub import PretrainedMixin
 
 __all__ = ["BackboneMixin", "FeatureEncoder", "vss_stage_maps", "check_feature_info"]
 
 
-class BackboneMixin(PretrainedMixin):
-    """``forward_features`` = the deepest of ``forward_intermediates`` (classes define the latter); also gives
-    ``save_pretrained`` / ``from_pretrained`` (:mod:`mambaseg.models.hub`)."""
+class BackboneMixin(SegmentationNetwork, PretrainedMixin):
+    """The base of every registered network: the model contract (:class:`~mambaseg.models.contract.SegmentationNetwork`:
+    ``spatial_dims``, ``downsample_factor``, ``default_input_size``, ``feature_info``, ...), ``forward_features`` =
+    the deepest of ``forward_intermediates`` (classes define the latter), and ``save_pretrained`` /
+    ``from_pretrained`` (:mod:`mambaseg.models.hub`)."""
 
     #: dotted module paths ``forward_intermediates`` uses (everything else is decoder)
     encoder_modules: Sequence[str] = ()

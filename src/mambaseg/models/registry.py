@@ -15,12 +15,14 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
+from mambaseg.utils.convert import as_size
 from mambaseg.utils.errors import near_matches
 
+from .contract import SegmentationNetwork
 from .features import FeatureEncoder
 from .pretrained import load_pretrained
 
@@ -41,22 +43,49 @@ class ModelInfo:
     name: str
     factory: Callable[..., nn.Module]
     paper: str = ""
-    default_size: int = 256          # the input size the paper trained at
+    default_size: Union[int, Tuple[int, ...]] = 256  # the input size the paper trained at (int: every axis)
     family: str = "mamba"            # "mamba" or "baseline"
     description: str = ""
     extra: dict = field(default_factory=dict)
+    model_class: Optional[type] = None  # the class the factory builds (its return annotation)
+
+    @property
+    def default_input_size(self) -> Tuple[int, ...]:
+        """``default_size`` as one int per spatial axis."""
+        dims = self.model_class.spatial_dims if self.model_class is not None else 2
+        return as_size(self.default_size, dims)
 
 
 _REGISTRY: Dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, paper: str = "", default_size: int = 256, family: str = "mamba",
+def model_class(factory: Callable) -> Optional[type]:
+    """The class a factory builds, from its return annotation (``-> VMUNet``), or None."""
+    try:
+        ret = inspect.signature(factory).return_annotation
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return None
+    if isinstance(ret, str):
+        ret = getattr(factory, "__globals__", {}).get(ret)
+    return ret if inspect.isclass(ret) else None
+
+
+def register_model(name: str, *, paper: str = "", default_size: Optional[int] = None, family: str = "mamba",
                    description: str = "", **extra):
+    """Register ``fn(in_channels, num_classes, **kwargs)`` under ``name``. The default input size is the built
+    class's ``default_input_size`` (the model contract, stored once); ``default_size`` is only for a class that
+    sets none at class level (it is refused when the class has one)."""
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, fn, paper, default_size, family,
-                                    description or (fn.__doc__ or "").strip().split("\n")[0], extra)
+        cls = model_class(fn)
+        own = cls.class_default_size() if cls is not None and issubclass(cls, SegmentationNetwork) else None
+        if own is not None and default_size is not None:
+            raise ValueError(f"model {name!r}: the default input size is {cls.__name__}.default_input_size; do not "
+                             "repeat it as register_model(default_size=...)")
+        size = default_size if own is None else (own[0] if len(set(own)) == 1 else own)
+        _REGISTRY[name] = ModelInfo(name, fn, paper, 256 if size is None else size, family,
+                                    description or (fn.__doc__ or "").strip().split("\n")[0], extra, cls)
         return fn
     return deco
 
@@ -95,10 +124,8 @@ def model_kwarg_names(name: str) -> Optional[List[str]]:
     factory = model_info(name).factory
     names, var = _named_params(factory)
     if var:
-        ret = inspect.signature(factory).return_annotation
-        if isinstance(ret, str):
-            ret = getattr(factory, "__globals__", {}).get(ret)
-        if not inspect.isclass(ret):
+        ret = model_class(factory)
+        if ret is None:
             return None
         more, var = _named_params(ret.__init__)
         if var:
