@@ -15,12 +15,6 @@ import os
 import time
 from typing import Any, Dict
 
-from mambaseg.engine.configs import resolve_config_path
-from mambaseg.engine.errors import MambasegUserError, near_matches
-from mambaseg.engine.report import RunRecord, format_metrics_table, write_report
-from mambaseg.engine.run import fit
-from mambaseg.engine.runs import environment_info, next_free_dir
-
 __all__ = ["add_parser", "run", "DEMO_MODELS"]
 
 #: (run name, model, model_kwargs, extra overrides, note). The reductions are stated in the output and report.
@@ -55,6 +49,13 @@ def _fast_overrides() -> Dict[str, Any]:
 
 
 def run(args) -> int:
+    # the engine imports torch and Lightning: only when the demo runs, not for `mambaseg --help` (cli/main.py)
+    from mambaseg.engine.configs import resolve_config_path
+    from mambaseg.engine.errors import MambasegUserError, near_matches
+    from mambaseg.engine.report import RunRecord, format_metrics_table, write_report
+    from mambaseg.engine.run import fit
+    from mambaseg.engine.runs import environment_info, next_free_dir
+
     out = next_free_dir(args.out)
     if out != args.out:
         print(f"{args.out} already holds a demo; writing to {out} instead (nothing is overwritten)")

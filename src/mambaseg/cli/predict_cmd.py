@@ -11,8 +11,6 @@ import argparse
 import os
 import sys
 
-from mambaseg.engine.run import predict
-
 __all__ = ["add_parser", "run", "EXIT_SKIPPED"]
 
 #: exit code of a run that finished but skipped unreadable inputs (listed in ``OUT/errors.txt``)
@@ -42,6 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from mambaseg.engine.run import predict  # torch + Lightning: only when predict runs (see cli/main.py)
     out = args.out
     res = predict(args.ckpt, args.input, out, overlays=not args.no_overlay, threshold=args.threshold,
                   device=args.device, precision=getattr(args, "precision", "fp32"), progress=not args.no_progress,

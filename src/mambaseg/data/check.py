@@ -25,6 +25,9 @@ from typing import Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from .base import DataError, SegDataset, read_image, read_mask, unique_values
+from .acdc import H5SliceDataset, read_h5_volume
+from .base import ConcatSegDataset, VolumeSliceDataset
+from .folders import PairedImageDataset
 
 __all__ = ["CHECK_MODES", "SplitReport", "DataReport", "check_dataset", "image_header"]
 
@@ -185,7 +188,6 @@ def _h5_volume_header(path: Path, image_key: str, label_key: str):
 def _check_volume(src, num_classes: int, full: bool = True):
     from functools import partial
 
-    from .acdc import read_h5_volume
 
     fn = getattr(src, "_load", None)
     try:
@@ -231,9 +233,6 @@ def check_dataset(ds, mode: str = "header", split: str = "") -> SplitReport:
     """Check every sample (file) of the 2D data set ``ds`` (module docstring); never raises for bad files."""
     from torch.utils.data import Subset
 
-    from .acdc import H5SliceDataset
-    from .base import ConcatSegDataset, VolumeSliceDataset
-    from .folders import PairedImageDataset
 
     if mode not in ("header", "full"):
         raise ValueError(f"check mode must be 'header' or 'full', got {mode!r}")

@@ -56,6 +56,10 @@ from mambaseg.utils.fileio import atomic_open, atomic_path, atomic_write_text
 from .configs import resolve_config_path
 from .errors import MambasegUserError
 from .run import build, fit
+from mambaseg.data.splits import kfold_split, save_split
+from mambaseg.models import list_models
+from .datamodule import _group_ids, carve_indices
+from .errors import near_matches
 
 __all__ = ["RunSpec", "ComparePlan", "plan_compare", "run_compare", "run_one", "run_state", "aggregate",
            "paired_test", "holm", "rank_biserial", "fold_split", "parse_models", "parse_seeds", "COMPARE_OWNED_KEYS"]
@@ -157,7 +161,6 @@ def fold_split(case_ids: Sequence[str], groups: Optional[Sequence[str]], k: int,
     """Fold ``fold`` of a seeded ``k``-fold split of the cases, whole groups (volumes) at a time:
     ``{"train": [case ids], "val": [case ids]}``. The groups are split with
     :func:`mambaseg.data.splits.kfold_split` (sklearn's shuffled KFold on the sorted group keys)."""
-    from mambaseg.data.splits import kfold_split
     keys = list(groups) if groups is not None else list(case_ids)
     uniq = sorted(set(keys))
     if len(uniq) < k:
@@ -191,9 +194,6 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
     would start several processes (DDP: ``trainer.devices`` > 1 or ``auto``/-1 on a GPU machine, a ``ddp``
     strategy, several nodes), because Lightning's DDP launcher re-runs the command line of the process."""
     import yaml
-    from mambaseg.models import list_models
-    from .errors import near_matches
-    from .datamodule import _group_ids, carve_indices
 
     cfg_path = os.path.abspath(resolve_config_path(config))
     pairs = parse_models(models)
@@ -380,7 +380,6 @@ def _write_json(path: str, data: Any) -> None:
 
 
 def write_plan(plan: ComparePlan) -> None:
-    from mambaseg.data.splits import save_split
     for name, sp in plan.splits.items():
         save_split(os.path.join(plan.out, "splits", f"{name}.json"), sp)
     data = asdict(plan)

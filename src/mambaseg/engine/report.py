@@ -11,7 +11,6 @@ table of all eight metrics. Everything is relative paths, so the folder can be z
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mambaseg.utils.convert import to_jsonable
+from mambaseg.metrics import write_summary
 from mambaseg.utils.fileio import atomic_open, atomic_write_bytes, atomic_write_text
 
 __all__ = ["EIGHT_METRICS", "RunRecord", "write_evaluation", "write_report", "format_metrics_table",
@@ -65,10 +64,6 @@ def _scalar(v) -> Optional[float]:
         return None
 
 
-def _jsonable(v):
-    return to_jsonable(v, inf_as_str=True)
-
-
 def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
     """Write ``per_case.csv`` and ``summary.json`` (plus ``qualitative.npz``) into ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
@@ -76,16 +71,7 @@ def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict
     if extra:
         settings.update(extra)
     rows, summary = results.get("rows") or [], results.get("summary") or {}
-    try:
-        from mambaseg.metrics import write_summary
-    except ImportError:  # metrics package without the writer: fall back to our own format
-        write_summary = None
-    if write_summary is not None:
-        write_summary(rows, summary, out_dir, settings)
-    else:
-        _write_rows_csv(os.path.join(out_dir, "per_case.csv"), rows)
-        with atomic_open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(_jsonable({"settings": settings, "metrics": summary}), f, indent=2)
+    write_summary(rows, summary, out_dir, settings)
     q = results.get("qualitative") or []
     if q:
         with atomic_open(os.path.join(out_dir, "qualitative.npz"), "wb") as f:
@@ -93,19 +79,6 @@ def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict
                                       for k in ("image", "target", "pred")},
                                 case_ids=np.asarray([str(s["case_id"]) for s in q]))
     return {"per_case": os.path.join(out_dir, "per_case.csv"), "summary": os.path.join(out_dir, "summary.json")}
-
-
-def _write_rows_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
-    keys: List[str] = []
-    for r in rows:
-        for k in r:
-            if k not in keys:
-                keys.append(k)
-    with atomic_open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _jsonable(r.get(k)) for k in keys})
 
 
 def _save_fig(fig, path: str) -> None:

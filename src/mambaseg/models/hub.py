@@ -27,6 +27,8 @@ import torch.nn as nn
 
 from mambaseg.utils.convert import as_size
 from mambaseg.utils.fileio import atomic_path, atomic_write_text
+from mambaseg import __version__
+from .registry import create_model, model_info
 
 __all__ = ["save_pretrained", "from_pretrained", "read_config", "is_pretrained_folder", "PretrainedMixin",
            "PretrainedFolderError", "push_to_hub", "pull_from_hub", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -72,9 +74,7 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *
     are not overwritten unless ``overwrite``. Returns the folder."""
     from safetensors.torch import save_model
 
-    from mambaseg import __version__
 
-    from .registry import model_info
     name = getattr(model, "model_name", None)
     args = getattr(model, "model_args", None)
     if not name or args is None:
@@ -162,7 +162,6 @@ def from_pretrained(path: Union[str, os.PathLike], map_location: Union[str, torc
     kept on ``model.pretrained_config``. The model is returned in eval mode."""
     from safetensors.torch import load_model
 
-    from .registry import create_model
     cfg = read_config(path)
     w = Path(path) / WEIGHTS_NAME
     if not w.is_file():
