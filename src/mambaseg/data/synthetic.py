@@ -491,7 +491,6 @@ class SyntheticCardiac(VolumeSliceDataset):
     def __init__(self, split: str = "train", num_samples: Optional[int] = None, size: int = 256, seed: int = 0,
                  transform: Optional[Callable] = None, depth: int = 8, num_volumes: Optional[int] = None,
                  cache_size: Optional[int] = None):
-
         _check_args(split, size)
         if num_volumes is not None:
             num_samples = num_volumes
