@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mambaseg.models import list_models, model_info
+from mambaseg.models import list_models, model_info, register_model
+from mambaseg.models.backbone import BackboneMixin
 from mambaseg.models.contract import SegmentationNetwork
 from mambaseg.models.features import check_feature_info
 
@@ -72,3 +73,18 @@ def test_output_kind_follows_the_mode(name, kwargs):
             y = net(torch.randn(1, 3, *size))
         assert isinstance(y, list) == net.returns_list(), (name, training)
     assert net.train(True).returns_list() == (name != "vmunet_v2")
+
+
+class _Sized(BackboneMixin, nn.Module):
+    default_input_size = (64, 64)
+
+
+def _sized_factory(in_channels: int = 3, num_classes: int = 1) -> _Sized:
+    return _Sized()
+
+
+def test_default_size_has_one_home():
+    """register_model(default_size=...) that contradicts the class's default_input_size is refused (not registered)."""
+    with pytest.raises(ValueError, match="contradicts _Sized.default_input_size"):
+        register_model("contract_test_contradicting_size", default_size=128)(_sized_factory)
+    assert "contract_test_contradicting_size" not in list_models()

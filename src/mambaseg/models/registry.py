@@ -74,15 +74,16 @@ def register_model(name: str, *, paper: str = "", default_size: Optional[int] = 
                    description: str = "", **extra):
     """Register ``fn(in_channels, num_classes, **kwargs)`` under ``name``. The default input size is the built
     class's ``default_input_size`` (the model contract, stored once); ``default_size`` is only for a class that
-    sets none at class level (it is refused when the class has one)."""
+    sets none at class level (one that contradicts the class attribute is refused)."""
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         cls = model_class(fn)
         own = cls.class_default_size() if cls is not None and issubclass(cls, SegmentationNetwork) else None
-        if own is not None and default_size is not None:
-            raise ValueError(f"model {name!r}: the default input size is {cls.__name__}.default_input_size; do not "
-                             "repeat it as register_model(default_size=...)")
+        if own is not None and default_size is not None and as_size(default_size, len(own)) != own:
+            raise ValueError(f"model {name!r}: register_model(default_size={default_size!r}) contradicts "
+                             f"{cls.__name__}.default_input_size = {own}; the class attribute is the one home "
+                             "of the default size, drop default_size=...")
         size = default_size if own is None else (own[0] if len(set(own)) == 1 else own)
         _REGISTRY[name] = ModelInfo(name, fn, paper, 256 if size is None else size, family,
                                     description or (fn.__doc__ or "").strip().split("\n")[0], extra, cls)
