@@ -87,7 +87,8 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
             raise ExportError(f"{type(model).__name__} is not a mambaseg network; pass size=(H, W)")
         size = model.input_size  # its fixed size, else its default size
     H, W = _size2(size)
-    c = int(in_channels or (model.in_channels if network else 3))
+    # a mambaseg network states its channels (the contract); a foreign module may say them itself
+    c = int(in_channels or (model.in_channels if network else getattr(model, "in_channels", 3)))
     x = torch.zeros(1, c, H, W)
     was_training = model.training
     net = model.eval()
