@@ -59,11 +59,13 @@ class _Probabilities(nn.Module):
         return torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
 
 
-def _size2(size) -> Tuple[int, int]:
+def _size2(size, spatial_dims: int = 2) -> Tuple[int, ...]:
+    """The spatial input size: (H, W), or (D, H, W) for a 3-D network (``spatial_dims=3``)."""
     try:
-        return as_size(size, 2)
+        return as_size(size, spatial_dims)
     except (TypeError, ValueError):
-        raise ExportError(f"size must be an int or (H, W), got {size!r}") from None
+        raise ExportError(f"size must be an int or {'(D, H, W)' if spatial_dims == 3 else '(H, W)'}, "
+                          f"got {size!r}") from None
 
 
 def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_channels: Optional[int] = None,
@@ -86,10 +88,10 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         if not network:
             raise ExportError(f"{type(model).__name__} is not a mambaseg network; pass size=(H, W)")
         size = model.input_size  # its fixed size, else its default size
-    H, W = _size2(size)
+    spatial = _size2(size, model.spatial_dims if network else len(size) if isinstance(size, (tuple, list)) else 2)
     # a mambaseg network states its channels (the contract); a foreign module may say them itself
     c = int(in_channels or (model.in_channels if network else getattr(model, "in_channels", 3)))
-    x = torch.zeros(1, c, H, W)
+    x = torch.zeros(1, c, *spatial)
     was_training = model.training
     net = model.eval()
     wrapped = _Probabilities(net) if output == "probabilities" else net
@@ -97,7 +99,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         with torch.no_grad():
             wrapped(x)                                              # fail here with the model's own message
     except ValueError as e:
-        raise ExportError(f"cannot export at input {c}x{H}x{W}: {e}") from None
+        raise ExportError(f"cannot export at input {c}x{'x'.join(map(str, spatial))}: {e}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.trace.onnx")  # torch's own export, read back below
     t0 = time.perf_counter()
@@ -114,7 +116,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         proto.producer_name = "mambaseg"
         name = getattr(model, "model_name", type(model).__name__)
         onnx.helper.set_model_props(proto, {"architecture": str(name), "output": output,
-                                            "input_size": f"{H}x{W}", "in_channels": str(c)})
+                                            "input_size": "x".join(map(str, spatial)), "in_channels": str(c)})
         if check:
             onnx.checker.check_model(proto)
         with atomic_path(str(path)) as final:
@@ -125,7 +127,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         model.train(was_training)
     secs = time.perf_counter() - t0
     return {"path": str(path), "nodes": _count_nodes(proto.graph), "scan_nodes": n_scan,
-            "bytes": path.stat().st_size, "export_seconds": secs, "input_shape": [c, H, W]}
+            "bytes": path.stat().st_size, "export_seconds": secs, "input_shape": [c, *spatial]}
 
 
 def _count_nodes(graph) -> int:
