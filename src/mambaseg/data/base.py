@@ -45,8 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .hints import reader_arg
-from .hints import current_style
+from .hints import current_style, reader_arg
 
 __all__ = [
     "DataError",

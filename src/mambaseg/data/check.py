@@ -24,10 +24,11 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
-from .base import DataError, SegDataset, read_image, read_mask, unique_values
 from .acdc import H5SliceDataset, read_h5_volume
-from .base import ConcatSegDataset, VolumeSliceDataset
+from .base import (ConcatSegDataset, DataError, SegDataset, VolumeSliceDataset, read_image, read_mask,
+                   unique_values)
 from .folders import PairedImageDataset
+from .hints import in_caller_context
 
 __all__ = ["CHECK_MODES", "SplitReport", "DataReport", "check_dataset", "image_header"]
 
@@ -219,8 +220,9 @@ def _workers() -> int:
 
 
 def _run(fn, items, report: SplitReport):
+    task = in_caller_context(fn)  # the workers' fix hints in the caller's syntax (CLI flags or keywords)
     with ThreadPoolExecutor(_workers()) as pool:
-        for probs, size, classes, nfiles in pool.map(lambda a: fn(*a), items):
+        for probs, size, classes, nfiles in pool.map(lambda a: task(*a), items):
             report.problems += probs
             report.files += nfiles
             report.samples += 1

@@ -34,10 +34,9 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
-from .base import DataError, MissingDataError, require_dir, warn_once
+from .base import DataError, MissingDataError, require_dir, strip_ext, warn_once
 from .hints import reader_arg
 from .folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, PairedImageDataset, find_subdir, folder_pairs
-from .base import strip_ext
 from .splits import ratio_split
 
 __all__ = ["ISICDataset"]

@@ -50,16 +50,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mambaseg.data.splits import kfold_split, save_split
+from mambaseg.models import list_models
 from mambaseg.utils.convert import to_jsonable
 from mambaseg.utils.fileio import atomic_open, atomic_path, atomic_write_text
 
 from .configs import resolve_config_path
-from .errors import MambasegUserError
-from .run import build, fit
-from mambaseg.data.splits import kfold_split, save_split
-from mambaseg.models import list_models
 from .datamodule import _group_ids, carve_indices
-from .errors import near_matches
+from .errors import MambasegUserError, near_matches
+from .run import build, fit
 
 __all__ = ["RunSpec", "ComparePlan", "plan_compare", "run_compare", "run_one", "run_state", "aggregate",
            "paired_test", "holm", "rank_biserial", "fold_split", "parse_models", "parse_seeds", "COMPARE_OWNED_KEYS"]

@@ -31,15 +31,14 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from mambaseg.data.hints import data_arg
-
-from .errors import MambasegUserError, near_matches
 from mambaseg.data import build_dataset, list_datasets
 from mambaseg.data.base import DataError, SegDataset, volume_slices
 from mambaseg.data.check import CHECK_MODES, DataReport, check_splits
-from mambaseg.data.hints import current_style
+from mambaseg.data.hints import current_style, data_arg
 from mambaseg.data.splits import load_split, save_split
 from mambaseg.data.transforms import preset_transforms, seed_transforms
+
+from .errors import MambasegUserError, near_matches
 from .runs import seed_generators
 
 __all__ = ["SegDataModule", "EpochSeededSampler", "EpochSeededSamples", "collate_cases", "DataCheckError"]

@@ -32,15 +32,15 @@ import torch.nn.functional as F
 
 from mambaseg.data.hints import data_arg, model_arg, option
 from mambaseg.data.labels import dataset_class_names
-
-from .errors import CheckpointMismatchError, MambasegUserError, near_matches
-from .inference import logits_to_labels, predict_logits_2d, predict_volume
 from mambaseg.losses import DeepSupervisionLoss, build_loss
 from mambaseg.metrics import SegmentationMetrics
 from mambaseg.models import create_model
 from mambaseg.models.blocks.nnunet_blocks import deep_supervision_weights
 from mambaseg.models.registry import UnknownModelKwargError
 from mambaseg.ops import get_default_backend, resolve_backend, set_default_backend
+
+from .errors import CheckpointMismatchError, MambasegUserError, near_matches
+from .inference import logits_to_labels, predict_logits_2d, predict_volume
 
 __all__ = ["SegmentationModule", "SELECT_ON", "OPTIMIZERS", "SCHEDULERS"]
 

@@ -31,14 +31,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import MambasegUserError
-from .io import DiskFullError, UnwritableError
-from .inference import logits_to_labels, predict_logits_2d, predict_volume
 from mambaseg.data.base import read_image
 from mambaseg.data.nifti import read_nifti, save_nifti
 from mambaseg.data.transforms import preset_transforms
 from mambaseg.models.hub import is_pretrained_folder
-from .io import atomic_path, atomic_write_bytes, atomic_write_text, check_mambaseg_checkpoint, load_checkpoint
+
+from .errors import MambasegUserError
+from .inference import logits_to_labels, predict_logits_2d, predict_volume
+from .io import (DiskFullError, UnwritableError, atomic_path, atomic_write_bytes, atomic_write_text,
+                 check_mambaseg_checkpoint, load_checkpoint)
 from .module import SegmentationModule
 from .pretrained_folder import load_folder_module
 

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from .errors import RunDirExistsError
 from mambaseg import __version__
 from mambaseg.ops import available_backends, get_default_backend, resolve_backend
+
+from .errors import RunDirExistsError
 from .io import (CheckpointReadError, UnsafeCheckpointError, atomic_write_text, check_mambaseg_checkpoint,
                  load_checkpoint)
 from .module import SELECT_ON

@@ -42,10 +42,9 @@ import torch
 import torch.nn as nn
 
 from ..backbone import BackboneMixin
-from ..blocks.layers import check_input_size
+from ..blocks.layers import check_input_size, pixel_shuffle_channels_last
 from ..pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
 from ..registry import register_model
-from ..blocks.layers import pixel_shuffle_channels_last
 from ..blocks.vss import stage_drop_path_rates
 from ..blocks.vss_v2 import Linear2d, downsample_v3, init_vss_v2_weights, patch_embed_v2, vss_stage
 
