@@ -12,3 +12,7 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+# Lightning adds a StreamHandler bound to the sys.stderr of the moment it is first imported; imported inside a
+# test under capsys, that stream is closed after the test and later log lines print "--- Logging error ---".
+import lightning.pytorch  # noqa: E402,F401

@@ -13,14 +13,25 @@ Needs the optional extra: ``pip install 'mambaseg[export]'`` (onnx, onnxruntime)
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from mambaseg.data.labels import dataset_class_names
+from mambaseg.engine.io import check_mambaseg_checkpoint, load_checkpoint
+from mambaseg.models import create_model, save_pretrained
+from mambaseg.models.contract import SegmentationNetwork
+from mambaseg.ops import intercept_scans
+from mambaseg.ops.scan_onnx import expand_scan_nodes, selective_scan_onnx
+from mambaseg.utils.convert import as_size
+from mambaseg.utils.fileio import atomic_path
 
 __all__ = ["to_onnx", "onnx_session", "run_onnx", "ExportError", "checkpoint_to_folder", "read_training_checkpoint",
            "model_card"]
@@ -48,40 +59,39 @@ class _Probabilities(nn.Module):
         return torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
 
 
-def _size2(size) -> Tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ExportError(f"size must be an int or (H, W), got {size!r}")
+def _size2(size, spatial_dims: int = 2) -> Tuple[int, ...]:
+    """The spatial input size: (H, W), or (D, H, W) for a 3-D network (``spatial_dims=3``)."""
+    try:
+        return as_size(size, spatial_dims)
+    except (TypeError, ValueError):
+        raise ExportError(f"size must be an int or {'(D, H, W)' if spatial_dims == 3 else '(H, W)'}, "
+                          f"got {size!r}") from None
 
 
 def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_channels: Optional[int] = None,
             output: str = "logits", opset: int = 17, chunk: Optional[int] = None, dynamic_batch: bool = True,
             overwrite: bool = False, check: bool = True) -> Dict[str, Any]:
     """Export ``model`` to ONNX at ``path``. ``size``: H (or (H, W)) of the input; default the model's
-    ``img_size`` or its registry ``default_size``. ``in_channels``: default ``model.in_channels``. ``chunk``:
+    fixed size, else its default size (the model contract). ``in_channels``: default ``model.in_channels``. ``chunk``:
     scan steps per ONNX ``Scan`` iteration (default 16). Returns ``{"path", "nodes", "scan_nodes", "bytes",
     "export_seconds", "input_shape"}``."""
     _require_onnx()
     import onnx
 
-    from mambaseg.ops import intercept_scans
-    from mambaseg.ops.scan_onnx import expand_scan_nodes, selective_scan_onnx
     if output not in ("logits", "probabilities"):
         raise ExportError(f"output must be 'logits' or 'probabilities', got {output!r}")
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another --out or remove it (nothing is overwritten)")
+    network = isinstance(model, SegmentationNetwork)  # the model contract: size rule, default size, channels
     if size is None:
-        size = getattr(model, "img_size", None)
-        if size is None:
-            from mambaseg.models import model_info
-            name = getattr(model, "model_name", None)
-            size = model_info(name).default_size if name else 256
-    H, W = _size2(size)
-    c = int(in_channels or getattr(model, "in_channels", 3))
-    x = torch.zeros(1, c, H, W)
+        if not network:
+            raise ExportError(f"{type(model).__name__} is not a mambaseg network; pass size=(H, W)")
+        size = model.input_size  # its fixed size, else its default size
+    spatial = _size2(size, model.spatial_dims if network else len(size) if isinstance(size, (tuple, list)) else 2)
+    # a mambaseg network states its channels (the contract); a foreign module may say them itself
+    c = int(in_channels or (model.in_channels if network else getattr(model, "in_channels", 3)))
+    x = torch.zeros(1, c, *spatial)
     was_training = model.training
     net = model.eval()
     wrapped = _Probabilities(net) if output == "probabilities" else net
@@ -89,9 +99,9 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         with torch.no_grad():
             wrapped(x)                                              # fail here with the model's own message
     except ValueError as e:
-        raise ExportError(f"cannot export at input {c}x{H}x{W}: {e}") from None
+        raise ExportError(f"cannot export at input {c}x{'x'.join(map(str, spatial))}: {e}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.trace.onnx")  # torch's own export, read back below
     t0 = time.perf_counter()
     try:
         scan = functools.partial(selective_scan_onnx, chunk=chunk)
@@ -106,18 +116,18 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         proto.producer_name = "mambaseg"
         name = getattr(model, "model_name", type(model).__name__)
         onnx.helper.set_model_props(proto, {"architecture": str(name), "output": output,
-                                            "input_size": f"{H}x{W}", "in_channels": str(c)})
+                                            "input_size": "x".join(map(str, spatial)), "in_channels": str(c)})
         if check:
             onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(str(path)) as final:
+            onnx.save(proto, final)
     finally:
         if tmp.exists():
             tmp.unlink()
         model.train(was_training)
     secs = time.perf_counter() - t0
     return {"path": str(path), "nodes": _count_nodes(proto.graph), "scan_nodes": n_scan,
-            "bytes": path.stat().st_size, "export_seconds": secs, "input_shape": [c, H, W]}
+            "bytes": path.stat().st_size, "export_seconds": secs, "input_shape": [c, *spatial]}
 
 
 def _count_nodes(graph) -> int:
@@ -146,7 +156,6 @@ def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
 
 def run_onnx(session, x) -> "numpy.ndarray":  # noqa: F821
     """Run a session on one batch (torch tensor or numpy array, float32); returns the first output."""
-    import numpy as np
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     name = session.get_inputs()[0].name
     return session.run(None, {name: arr.astype(np.float32, copy=False)})[0]
@@ -159,7 +168,6 @@ def read_training_checkpoint(ckpt: Union[str, os.PathLike]) -> Dict[str, Any]:
     p = Path(ckpt)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist (expected RUN/checkpoints/best.ckpt)")
-    from mambaseg.engine.io import check_mambaseg_checkpoint, load_checkpoint
     data = load_checkpoint(str(p))          # weights_only=True; one clear line for a foreign / broken file
     check_mambaseg_checkpoint(data, str(p))
     if "hyper_parameters" not in data:
@@ -169,7 +177,6 @@ def read_training_checkpoint(ckpt: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 def network_from_checkpoint(data: Dict[str, Any]) -> nn.Module:
     """The network (``create_model``) of a training checkpoint with its weights, eval mode."""
-    from mambaseg.models import create_model
     hp = dict(data["hyper_parameters"])
     out_ch = 1 if int(hp.get("num_classes", 2)) == 2 else int(hp["num_classes"])
     net = create_model(hp.get("model", "unet"), in_channels=int(hp.get("in_channels", 3)), num_classes=out_ch,
@@ -186,17 +193,6 @@ def _class_names(hp: Dict[str, Any], dm: Dict[str, Any]) -> Optional[Sequence[st
     return dataset_class_names((dm or {}).get("dataset"), int(hp.get("num_classes", 2)))
 
 
-def dataset_class_names(dataset: Optional[str], num_classes: int) -> Optional[list]:
-    """Label names (background first) of the shipped data readers, or None when unknown."""
-    from mambaseg.data.acdc import ACDC_CLASSES
-    from mambaseg.data.synapse import SYNAPSE_CLASSES
-    table = {"acdc": ACDC_CLASSES, "synthetic-cardiac": ACDC_CLASSES, "synapse": SYNAPSE_CLASSES,
-             "isic": ["background", "lesion"], "synthetic-skin": ["background", "lesion"],
-             "polyp": ["background", "polyp"], "synthetic-polyp": ["background", "polyp"]}
-    names = table.get(str(dataset or "").lower())
-    return list(names) if names and len(names) == num_classes else None
-
-
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -205,7 +201,6 @@ def model_card(name: str, hp: Dict[str, Any], dm: Dict[str, Any], run_dir: Optio
                class_names: Sequence[str]) -> str:
     """``README.md`` of an exported folder: data set, recipe, test metrics (with aggregation and HD95 mode),
     and the commands that reproduce them."""
-    import json
     dm = dm or {}
     lines = [f"# {name} (mambaseg)", "",
              f"Segmentation network `{name}` trained with mambaseg; exported from `{ckpt}`.", "",
@@ -258,7 +253,6 @@ def model_card(name: str, hp: Dict[str, Any], dm: Dict[str, Any], run_dir: Optio
 
 def checkpoint_to_folder(ckpt: Union[str, os.PathLike], out: Union[str, os.PathLike], overwrite: bool = False) -> Path:
     """Turn a training checkpoint into a pretrained folder (config.json, model.safetensors, README.md)."""
-    from mambaseg.models import save_pretrained
     data = read_training_checkpoint(ckpt)
     hp = dict(data["hyper_parameters"])
     dm = dict(data.get("datamodule_hyper_parameters") or {})

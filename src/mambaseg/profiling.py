@@ -80,6 +80,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import create_model, list_models, model_info
+from .models.contract import SegmentationNetwork
+from .ops import intercept_scans, record_scans, resolve_backend
+
 __all__ = ["ParamCount", "FlopCount", "Latency", "Profile", "CONVENTIONS", "PUBLISHED", "count_params",
            "count_flops", "measure_latency", "profile_model", "profile_table", "parse_dtype"]
 
@@ -504,7 +508,6 @@ def _isolate_scan(counter=None, run_scan: bool = False):
     inside the block (after the input checks and after ``record_scans`` has seen the call). This is exact for
     every backend (the reference and blocked torch scans use einsum/bmm internally; the C kernel none) and
     needs one forward only."""
-    from .ops import intercept_scans
 
     excluded = [0]
 
@@ -540,7 +543,6 @@ def count_flops(model: nn.Module, input_shape, conventions: Sequence[str] = CONV
     if bad:
         raise ValueError(f"unknown FLOP convention(s) {bad}; choose from {list(CONVENTIONS)}")
     from torch.utils.flop_counter import FlopCounterMode
-    from .ops import record_scans
 
     x = _make_input(model, input_shape, device, dtype)
     was_training = model.training
@@ -616,7 +618,6 @@ def measure_latency(model: nn.Module, input_shape, device="cpu", dtype="float32"
     (``profile_model`` passes a copy); ``float16``/``bfloat16`` run under ``torch.autocast``. Reports median,
     quartiles, min, max and everything needed to read the number: device, dtype, batch, input shape, scan
     backend, CPU threads."""
-    from .ops import resolve_backend
 
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
@@ -673,7 +674,6 @@ def _build(name_or_model, in_channels, num_classes, model_kwargs):
             raise ValueError("model_kwargs only apply to a registered model name, not to a module")
         return (name_or_model, getattr(name_or_model, "model_name", type(name_or_model).__name__), None,
                 _guess_in_channels(name_or_model, in_channels), num_classes)
-    from .models import create_model, model_info
     info = model_info(name_or_model)  # clear error for unknown names
     kw = dict(model_kwargs or {})
     in_channels = kw.pop("in_channels", in_channels)
@@ -741,9 +741,8 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
 
 
 def _guess_in_channels(model: nn.Module, default: int) -> int:
-    v = getattr(model, "in_channels", None)
-    if isinstance(v, int) and v > 0:
-        return v
+    if isinstance(model, SegmentationNetwork):  # the model contract names it
+        return model.in_channels
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd):
             return m.in_channels
@@ -760,7 +759,6 @@ def profile_table(names: Optional[Iterable[str]] = None, size: Optional[int] = N
     """One row per model (default: every registered model): params (total / used / thop), ``paper`` G (thop
     MACs), ``full`` GMAC and GFLOP with the scan's share, and optionally latency. ``size=None`` uses each model's
     registered default size. A model that fails to build or run gets a row saying why instead of aborting."""
-    from .models import list_models
     names = list(names) if names is not None else list_models()
     header = ["model", "size", "params M", "used M", "thop params M", "paper G (thop MACs)", "full GMAC",
               "full GFLOP", "scan GFLOP"]
@@ -797,7 +795,6 @@ def profile_table(names: Optional[Iterable[str]] = None, size: Optional[int] = N
         foot += (f"; paper counts ConvTranspose at thop's y.numel*C_in*k (stride^2 x its real cost) in: "
                  f"{', '.join(overcounted)}")
     if latency:
-        from .ops import resolve_backend
         try:
             be = resolve_backend(None, device)
         except Exception as e:

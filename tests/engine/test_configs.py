@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mambaseg.cli.lightning_cli import MambaSegCLI
-from mambaseg.cli.main import config_dir, list_configs
+from mambaseg.engine.run import MambaSegCLI
+from mambaseg.engine.configs import config_dir, list_configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_CONFIGS = ["vmunet_isic17", "vmunet_isic18", "vmunet_synapse", "vmunet_v2_isic17", "vmunet_v2_isic18",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mambaseg.cli.lightning_cli import MambaSegCLI
-from mambaseg.cli.main import config_dir, list_configs
+from mambaseg.engine.run import MambaSegCLI
+from mambaseg.engine.configs import config_dir, list_configs
 
 NNUNET_CONFIGS = ["umamba_bot_nnunet2d", "umamba_enc_nnunet2d", "lkm_unet_nnunet2d"]
 CONFIGS = NNUNET_CONFIGS + ["lightm_unet_lungxray", "ultralight_vm_unet_isic17", "ultralight_vm_unet_isic18"]

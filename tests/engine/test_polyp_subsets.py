@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mambaseg.cli.lightning_cli import MambaSegCLI
+from mambaseg.engine.run import MambaSegCLI
 
 
 def _write_set(folder, names, rng, shift):

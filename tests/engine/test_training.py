@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mambaseg.cli.lightning_cli import MambaSegCLI
+from mambaseg.engine.run import MambaSegCLI
 
 TINY = ["--data.dataset", "synthetic-skin", "--data.dataset_kwargs", '{"size": 32}',
         "--data.split_kwargs", '{"train": {"num_samples": 8}, "val": {"num_samples": 4}, "test": {"num_samples": 4}}',

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-import mambaseg.engine.io as mio
+import mambaseg.utils.fileio as mio
 
 from _ckpt_helpers import error_lines, fit, tmpfs, train_one_epoch, weights
 

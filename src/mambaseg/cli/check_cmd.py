@@ -8,34 +8,32 @@ from __future__ import annotations
 import sys
 from typing import List
 
+import torch
+
+from mambaseg.data.hints import hint_style
+from mambaseg.engine.datamodule import SegDataModule
+from mambaseg.engine.module import check_image_size
+from mambaseg.engine.run import MambaSegCLI, build
+from mambaseg.models import create_model
+
 __all__ = ["run_check"]
 
 
 def _divisor(model: str, model_kwargs, in_channels: int):
-    import torch
-
-    from mambaseg.models import create_model
     try:
         with torch.device("meta"):
             net = create_model(model, in_channels=in_channels, num_classes=1, **dict(model_kwargs or {}))
     except Exception:
         return None  # the model's own errors are fit's business; the check only reads its size rule
-    return getattr(net, "downsample_factor", None)
+    return net.downsample_factor  # the model contract's size rule (mambaseg.models.contract)
 
 
 def run_check(args: List[str]) -> int:
-    from mambaseg.data.hints import hint_style
-
     with hint_style("cli"):
         return _run(args)
 
 
 def _run(args: List[str]) -> int:
-    from mambaseg.engine.datamodule import SegDataModule
-    from mambaseg.engine.module import check_image_size
-
-    from .lightning_cli import MambaSegCLI
-
     class _CheckCLI(MambaSegCLI):
         def before_instantiate_classes(self) -> None:  # no run directory: check writes nothing
             return
@@ -49,7 +47,7 @@ def _run(args: List[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__.strip() + "\n\nAll `mambaseg fit` options are accepted (`mambaseg fit --help`).")
         return 0
-    cli = _CheckCLI(args=args, run=False)
+    cli = build(overrides=args, cli_class=_CheckCLI)
     cfg = cli.config
     data_kw = cfg["data"].as_dict() if hasattr(cfg["data"], "as_dict") else dict(cfg["data"])
     dm = SegDataModule(**data_kw)

@@ -1,6 +1,7 @@
 """``mambaseg demo`` (``make demo``): synthetic-skin -> train VM-UNet and a U-Net baseline -> test -> report.
 
-Runs the shipped ``demo.yaml`` through the same LightningCLI path as ``mambaseg fit`` (once per model), then
+Runs the shipped ``demo.yaml`` through the engine's run API (``mambaseg.engine.run.fit``, the path of
+``mambaseg fit``) once per model, then
 writes one report comparing both. The VM-UNet is a reduced configuration (narrower, fewer blocks, 64 px input)
 so that the whole demo trains on 2 CPU cores in under 10 minutes (measured: 4.8 min, VM-UNet test DSC 0.909);
 the demo prints what it reduced.
@@ -10,20 +11,19 @@ the demo prints what it reduced.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from typing import List
+from typing import Any, Dict
 
 __all__ = ["add_parser", "run", "DEMO_MODELS"]
 
-#: (run name, model, model_kwargs, extra CLI overrides, note). The reductions are stated in the output and report.
+#: (run name, model, model_kwargs, extra overrides, note). The reductions are stated in the output and report.
 DEMO_MODELS = [
-    ("vmunet", "vmunet", None, [],
+    ("vmunet", "vmunet", None, {},
      "VM-UNet reduced for 2 CPU cores (see demo.yaml): embed_dim 32, depths [1,1,1,1]/[1,1,1,1], d_state 8, 64 px, "
      "60 epochs (paper: embed_dim 96, depths [2,2,2,2]/[2,2,2,1], d_state 16, 256 px, 300 epochs, ImageNet-pretrained "
      "encoder)"),
-    ("unet", "unet", {"base_channels": 16}, ["--trainer.max_epochs", "30", "--model.t_max", "30"],
+    ("unet", "unet", {"base_channels": 16}, {"trainer.max_epochs": 30, "model.t_max": 30},
      "U-Net baseline, base width 16 (paper default 64), 64 px, 30 epochs"),
 ]
 
@@ -41,25 +41,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _fast_overrides() -> List[str]:
-    return ["--trainer.max_epochs", "1", "--data.image_size", "32", "--data.batch_size", "4",
-            "--data.dataset_kwargs", json.dumps({"size": 32}),
-            "--data.split_kwargs", json.dumps({"train": {"num_samples": 12}, "val": {"num_samples": 4},
-                                               "test": {"num_samples": 6}}),
-            "--trainer.log_every_n_steps", "1"]
+def _fast_overrides() -> Dict[str, Any]:
+    return {"trainer.max_epochs": 1, "data.image_size": 32, "data.batch_size": 4, "data.dataset_kwargs": {"size": 32},
+            "data.split_kwargs": {"train": {"num_samples": 12}, "val": {"num_samples": 4},
+                                  "test": {"num_samples": 6}},
+            "trainer.log_every_n_steps": 1}
 
 
 def run(args) -> int:
+    # the engine imports torch and Lightning: only when the demo runs, not for `mambaseg --help` (cli/main.py)
+    from mambaseg.engine.configs import resolve_config_path
+    from mambaseg.engine.errors import MambasegUserError, near_matches
     from mambaseg.engine.report import RunRecord, format_metrics_table, write_report
+    from mambaseg.engine.run import fit
     from mambaseg.engine.runs import environment_info, next_free_dir
-    from .lightning_cli import MambaSegCLI
-    from .main import resolve_config_path
 
     out = next_free_dir(args.out)
     if out != args.out:
         print(f"{args.out} already holds a demo; writing to {out} instead (nothing is overwritten)")
     os.makedirs(out, exist_ok=True)
-    cfg = resolve_config_path(args.config)
+    cfg = resolve_config_path(args.config)  # named in the output before any work
     env = environment_info()
     print(f"mambaseg demo -> {out}\n  config: {cfg}\n  torch {env['torch']}, {env['threads']} threads, scan backend "
           f"{env.get('scan_backend')} (available: {env.get('scan_backends_available')})")
@@ -67,25 +68,24 @@ def run(args) -> int:
     known = [m[0] for m in DEMO_MODELS]
     bad = [m for m in wanted if m not in known]
     if bad:
-        from mambaseg.engine.errors import MambasegUserError, near_matches
         raise MambasegUserError(f"unknown demo model {bad[0]!r}{near_matches(bad[0], known)} Choices: {known}")
     records, notes, t_all = [], [], time.time()
     for name, model, kwargs, overrides, note in DEMO_MODELS:
         if name not in wanted:
             continue
-        argv = ["fit", "--config", cfg, "--run_dir", os.path.join(out, name), "--model.model", model]
+        run: Dict[str, Any] = {"run_dir": os.path.join(out, name), "model.model": model}
         if kwargs is not None:
-            argv += ["--model.model_kwargs", json.dumps(kwargs)]
-        argv += list(overrides)
+            run["model.model_kwargs"] = kwargs
+        run.update(overrides)
         if args.fast:
-            argv += _fast_overrides()
+            run.update(_fast_overrides())
         if args.epochs is not None:
-            argv += ["--trainer.max_epochs", str(args.epochs)]
+            run["trainer.max_epochs"] = args.epochs
         if args.quiet:
-            argv += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+            run.update({"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False})
         print(f"\n=== {name}: {note}")
         t0 = time.time()
-        cli = MambaSegCLI(args=argv)
+        cli = fit(cfg, run)
         dt = time.time() - t0
         res = cli.model.test_results or {}
         params = sum(p.numel() for p in cli.model.net.parameters())

@@ -30,37 +30,30 @@ import sys
 import traceback
 from typing import List, Optional
 
+from mambaseg import __version__
+from mambaseg.utils.errors import MambasegUserError
+
+from . import compare_cmd, demo_cmd, export_cmd, predict_cmd, profile_cmd
+
+# The CLI is the one layer that imports the engine, models and data inside the command that needs them: torch and
+# Lightning take seconds to import, and `mambaseg --help` / `mambaseg configs` must not wait for them. The command
+# modules (*_cmd.py) keep their top level light for the same reason (their add_parser runs for --help).
+
 __all__ = ["main", "resolve_config_path", "list_configs", "config_dir"]
+
+
+def __getattr__(name):  # config lookup lives in mambaseg.engine.configs; the old names here keep working
+    if name in ("resolve_config_path", "list_configs", "config_dir"):
+        from mambaseg.engine import configs
+        return getattr(configs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 OWN_COMMANDS = ("predict", "models", "datasets", "configs", "demo", "profile")
 
 
-def config_dir() -> str:
-    """The folder of the shipped YAML configs (package data, present after a non-editable install too)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def list_configs() -> List[str]:
-    d = config_dir()
-    return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml")) if os.path.isdir(d) else []
-
-
-def resolve_config_path(value: str) -> str:
-    """A config path as given if it exists, else the shipped config of that name (``demo``, ``configs/demo.yaml``)."""
-    if os.path.exists(value):
-        return value
-    name = os.path.basename(value)
-    name = name[:-5] if name.endswith(".yaml") else name[:-4] if name.endswith(".yml") else name
-    candidate = os.path.join(config_dir(), name + ".yaml")
-    if os.path.isfile(candidate):
-        return candidate
-    from mambaseg.engine.errors import near_matches
-    raise FileNotFoundError(f"config {value!r} not found (neither a file nor a shipped config"
-                            f"{near_matches(name, list_configs())}). Shipped configs: {', '.join(list_configs())}")
-
-
 def _rewrite_config_args(argv: List[str]) -> List[str]:
+    from mambaseg.engine.configs import resolve_config_path
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
@@ -97,19 +90,15 @@ def _count_params(factory) -> int:
 
 def _cmd_models(args) -> int:
     from mambaseg.models import list_models, model_info
+    from mambaseg.profiling import profile_table
+    from mambaseg.utils.errors import near_matches
     names = list_models(args.pattern, family=args.family)
     if not names:
-        from mambaseg.engine.errors import MambasegUserError, near_matches
         raise MambasegUserError(f"no registered model matches {args.pattern!r}"
                                 f"{near_matches(args.pattern or '', list_models())}")
     if args.profile:
-        try:
-            from mambaseg.profiling import profile_table
-        except ImportError:
-            print("(profiling module not available; showing parameter counts only)", file=sys.stderr)
-        else:
-            print(profile_table(names, size=args.size))
-            return 0
+        print(profile_table(names, size=args.size))
+        return 0
     rows = [("model", "family", "size", "params", "paper")]
     for n in names:
         info = model_info(n)
@@ -130,33 +119,19 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_datasets(args) -> int:
-    from mambaseg import data
-    lister = getattr(data, "list_datasets", None)
-    entries = lister() if lister else []
-    if isinstance(entries, dict):
-        items = list(entries.items())
-    else:
-        items = [(e if isinstance(e, str) else getattr(e, "name", str(e)), "") for e in entries]
-    describe = getattr(data, "describe_dataset", None)
+    from mambaseg.data import list_datasets
+    from mambaseg.data.transforms import PRESETS
     print("readers and synthetic data sets (use as data.dataset in a config):")
-    for name, desc in items:
-        if not desc and describe is not None:
-            try:
-                desc = describe(name)
-            except Exception:
-                desc = ""
+    for name, desc in list_datasets().items():
         print(f"  {name:<20} {str(desc).splitlines()[0] if desc else ''}")
-    try:
-        from mambaseg.data.transforms import PRESETS
-        print("\ntransform presets (data.transforms):")
-        for k, v in PRESETS.items():
-            print(f"  {k:<20} {v}")
-    except ImportError:
-        pass
+    print("\ntransform presets (data.transforms):")
+    for k, v in PRESETS.items():
+        print(f"  {k:<20} {v}")
     return 0
 
 
 def _cmd_configs(args) -> int:
+    from mambaseg.engine.configs import config_dir, list_configs
     print(f"shipped configs ({config_dir()}):")
     for name in list_configs():
         with open(os.path.join(config_dir(), name + ".yaml")) as f:
@@ -166,7 +141,6 @@ def _cmd_configs(args) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from mambaseg import __version__
     p = argparse.ArgumentParser(
         prog="mambaseg", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="2D medical image segmentation with Mamba U-Nets: train, evaluate, predict, report.",
@@ -196,22 +170,14 @@ def _build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("compare", add_help=False,
                    help="models x seeds (x folds): mean ± std, paired tests, report (`mambaseg compare --help`)")
-    from . import predict_cmd, demo_cmd, export_cmd
     predict_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
-    try:
-        from . import profile_cmd
-    except ImportError:
-        profile_cmd = None
-    if profile_cmd is not None:
-        profile_cmd.add_parser(sub)
+    profile_cmd.add_parser(sub)
     return p
 
 
 def _user_errors():
-    from mambaseg.engine.errors import MambasegUserError
-    from mambaseg.models.hub import PretrainedFolderError  # noqa: F401  (a ValueError)
     errs = [MambasegUserError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError]
     return tuple(errs)
 
@@ -222,10 +188,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     debug = os.environ.get("MAMBASEG_DEBUG", "") not in ("", "0")
     try:
         if argv and argv[0] == "compare":  # models x seeds (x folds), mean ± std, paired tests (issue 20)
-            from . import compare_cmd
             return compare_cmd.main(argv[1:])
         if argv and argv[0] in LIGHTNING_COMMANDS:
-            from .lightning_cli import run_cli
+            from mambaseg.engine.run import run_cli
             try:
                 run_cli([argv[0]] + _rewrite_config_args(argv[1:]))
             except SystemExit as e:
@@ -246,16 +211,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "configs":
             return _cmd_configs(args)
         if args.command == "predict":
-            from . import predict_cmd
             return predict_cmd.run(args)
         if args.command == "export":
-            from . import export_cmd
             return export_cmd.run(args)
         if args.command == "demo":
-            from . import demo_cmd
             return demo_cmd.run(args)
         if args.command == "profile":
-            from . import profile_cmd
             return int(profile_cmd.run(args) or 0)
         parser.error(f"unknown command {args.command!r}")
     except SystemExit as e:

@@ -40,25 +40,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from mambaseg.engine.devices import check_device
-    from mambaseg.engine.io import check_writable
-    from mambaseg.engine.predict import load_module, predict_paths
-    check_device(args.device)
+    from mambaseg.engine.run import predict  # torch + Lightning: only when predict runs (see cli/main.py)
     out = args.out
-    check_writable(out, "output folder", "--out")  # before the checkpoint is read or anything is written
-    overwrite = bool(getattr(args, "overwrite", False))
-    if not overwrite:
-        for sub in ("masks", "overlays"):
-            d = os.path.join(out, sub)
-            if os.path.isdir(d) and any(True for _ in os.scandir(d)):
-                raise FileExistsError(f"{d} already holds predictions; choose another --out, or pass --overwrite "
-                                      "to replace files of the same name (nothing was written)")
-    module = load_module(args.ckpt, device=args.device)
-    if getattr(args, "precision", "fp32") != "fp32":
-        from mambaseg.engine.precision import with_precision
-        module.net = with_precision(module.net, args.precision)
-    res = predict_paths(module, args.input, out, overlays=not args.no_overlay, threshold=args.threshold,
-                        progress=not args.no_progress, device=args.device, overwrite=overwrite)
+    res = predict(args.ckpt, args.input, out, overlays=not args.no_overlay, threshold=args.threshold,
+                  device=args.device, precision=getattr(args, "precision", "fp32"), progress=not args.no_progress,
+                  overwrite=bool(getattr(args, "overwrite", False)))
     print(f"wrote {len(res.written)} prediction(s) to {os.path.join(out, 'masks')}")
     for w in res.warnings:
         print(f"mambaseg: warning: {w}", file=sys.stderr)

@@ -31,6 +31,7 @@ import numpy as np
 
 from .base import (DataError, MissingDataError, SegDataset, VolumeDataset, VolumeSliceDataset, VolumeSource,
                    require_dir)
+from .splits import load_split
 
 __all__ = ["ACDCDataset", "read_h5_volume", "read_h5_pair", "read_list", "ACDC_CLASSES"]
 
@@ -203,7 +204,6 @@ def ACDCDataset(root, split: str = "train", transform: Optional[Callable] = None
         raise MissingDataError(f"{r} has no data/ folder; expected layout:\n{ACDC_LAYOUT}")
     names = ACDC_CLASSES if num_classes == 4 else None
     if split_file is not None:
-        from .splits import load_split
 
         sp = load_split(split_file)
         if split not in sp:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .hints import reader_arg
+from .hints import current_style, reader_arg
 
 __all__ = [
     "DataError",
@@ -249,7 +249,6 @@ def unique_values(a: np.ndarray) -> np.ndarray:
 
 def _colour_map_example(cols) -> str:
     """``{"r,g,b": class}`` for the CLI (JSON keys are strings), ``{(r, g, b): class}`` for Python."""
-    from .hints import current_style
     cols = [tuple(int(v) for v in c) for c in cols][:8]
     if current_style() == "cli":
         return "{" + ", ".join(f'"{r},{g},{b}": {i}' for i, (r, g, b) in enumerate(cols)) + "}"

@@ -24,7 +24,11 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
-from .base import DataError, SegDataset, read_image, read_mask, unique_values
+from .acdc import H5SliceDataset, read_h5_volume
+from .base import (ConcatSegDataset, DataError, SegDataset, VolumeSliceDataset, read_image, read_mask,
+                   unique_values)
+from .folders import PairedImageDataset
+from .hints import in_caller_context
 
 __all__ = ["CHECK_MODES", "SplitReport", "DataReport", "check_dataset", "image_header"]
 
@@ -185,7 +189,6 @@ def _h5_volume_header(path: Path, image_key: str, label_key: str):
 def _check_volume(src, num_classes: int, full: bool = True):
     from functools import partial
 
-    from .acdc import read_h5_volume
 
     fn = getattr(src, "_load", None)
     try:
@@ -217,8 +220,9 @@ def _workers() -> int:
 
 
 def _run(fn, items, report: SplitReport):
+    task = in_caller_context(fn)  # the workers' fix hints in the caller's syntax (CLI flags or keywords)
     with ThreadPoolExecutor(_workers()) as pool:
-        for probs, size, classes, nfiles in pool.map(lambda a: fn(*a), items):
+        for probs, size, classes, nfiles in pool.map(lambda a: task(*a), items):
             report.problems += probs
             report.files += nfiles
             report.samples += 1
@@ -231,9 +235,6 @@ def check_dataset(ds, mode: str = "header", split: str = "") -> SplitReport:
     """Check every sample (file) of the 2D data set ``ds`` (module docstring); never raises for bad files."""
     from torch.utils.data import Subset
 
-    from .acdc import H5SliceDataset
-    from .base import ConcatSegDataset, VolumeSliceDataset
-    from .folders import PairedImageDataset
 
     if mode not in ("header", "full"):
         raise ValueError(f"check mode must be 'header' or 'full', got {mode!r}")

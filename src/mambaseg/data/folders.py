@@ -19,6 +19,8 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from .base import (IMAGE_EXTENSIONS, MASK_SUFFIXES, DataError, MissingDataError, SegDataset, image_channels,
                    list_files, pair_by_stem, read_image, read_mask, require_dir, strip_ext)
+from .hints import current_style
+from .splits import load_split, ratio_split
 
 __all__ = ["PairedImageDataset", "FolderDataset", "find_subdir", "IMAGE_DIR_NAMES", "MASK_DIR_NAMES"]
 
@@ -122,7 +124,6 @@ def _probe_channels(pairs) -> int:
 
 
 def _ratio_hint() -> str:
-    from .hints import current_style
     if current_style() == "cli":
         return ("--data.split '[0.8, 0.1, 0.1]' (train, val, test ratios of the case ids, seeded by --data.seed, "
                 "saved to RUN_DIR/split.json)")
@@ -140,7 +141,6 @@ def _label_key(k):
 
 def split_pairs(pairs, split: str, ratios, seed: int, split_file, name: str):
     """Select the pairs of ``split`` by a split file (JSON ``{split: [case ids]}``) or a ratio split of case ids."""
-    from .splits import load_split, ratio_split
 
     by_id = {strip_ext(a.name): (a, b) for a, b in pairs}
     if split in ("all", None):

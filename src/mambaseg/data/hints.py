@@ -3,22 +3,32 @@
 Error messages of the data layer and the engine name the option that fixes the problem. A Python user wants
 ``mask_threshold=128``; a command-line user wants ``--data.dataset_kwargs '{"mask_threshold": 128}'``. The
 ``mambaseg`` command switches the style to ``"cli"`` for the duration of a command (:func:`hint_style`); the
-default is ``"python"``.
+default is ``"python"``. The style is a context variable (``contextvars``), not a module global: it holds inside
+the ``with`` block of the calling thread only, so a library call running beside a CLI command in another thread
+keeps Python syntax. Work handed to a thread pool inside the block runs in a copy of the caller's context
+(``data.check`` does; see :func:`in_caller_context`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["hint_style", "current_style", "reader_arg", "data_arg", "model_arg", "option"]
+__all__ = ["hint_style", "current_style", "in_caller_context", "reader_arg", "data_arg", "model_arg", "option"]
 
-_STATE = {"style": "python"}
+_STYLE: contextvars.ContextVar = contextvars.ContextVar("mambaseg_hint_style", default="python")
 
 
 def current_style() -> str:
-    return _STATE["style"]
+    return _STYLE.get()
+
+
+def in_caller_context(fn: Callable) -> Callable:
+    """``fn`` wrapped to run in a copy of the calling thread's context (its hint style), for a thread pool."""
+    ctx = contextvars.copy_context()
+    return lambda *args: ctx.copy().run(fn, *args)
 
 
 @contextlib.contextmanager
@@ -26,12 +36,11 @@ def hint_style(style: str) -> Iterator[None]:
     """Use ``style`` (``"python"`` or ``"cli"``) for the hints built inside the block."""
     if style not in ("python", "cli"):
         raise ValueError(f"hint style must be 'python' or 'cli', got {style!r}")
-    old = _STATE["style"]
-    _STATE["style"] = style
+    token = _STYLE.set(style)
     try:
         yield
     finally:
-        _STATE["style"] = old
+        _STYLE.reset(token)
 
 
 def _json(value: Any) -> str:

@@ -34,9 +34,10 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
-from .base import DataError, MissingDataError, require_dir, warn_once
+from .base import DataError, MissingDataError, require_dir, strip_ext, warn_once
 from .hints import reader_arg
 from .folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, PairedImageDataset, find_subdir, folder_pairs
+from .splits import ratio_split
 
 __all__ = ["ISICDataset"]
 
@@ -102,8 +103,6 @@ class ISICDataset(PairedImageDataset):
         return folder_pairs(idir, mdir, strict=strict)
 
     def _vmunet_pairs(self, r: Path, split, val_fraction, seed, strict):
-        from .splits import ratio_split
-        from .base import strip_ext
 
         has_test = (r / "test").is_dir()
         if split == "test":

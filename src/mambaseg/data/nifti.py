@@ -24,6 +24,7 @@ import numpy as np
 
 from .base import DataError, MissingDataError, VolumeSliceDataset, VolumeSource, pair_by_stem, require_dir, strip_ext
 from .hints import reader_arg
+from .folders import split_pairs
 
 __all__ = ["NiftiDataset", "read_nifti", "save_nifti", "nifti_pairs", "NIFTI_EXTENSIONS"]
 
@@ -199,7 +200,6 @@ class NiftiDataset(VolumeSliceDataset):
         if num_classes is None:  # from all cases, so that every split agrees
             num_classes = _infer_classes([b for _, _, b in triples])
         if split not in ("all", None):
-            from .folders import split_pairs
 
             fake = [(Path(c + ".nii.gz"), (a, b)) for c, a, b in triples]
             chosen = split_pairs(fake, split, ratios, seed, split_file, str(r))

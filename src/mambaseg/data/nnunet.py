@@ -27,6 +27,7 @@ import numpy as np
 
 from .base import DataError, MissingDataError, SegDataset, VolumeSliceDataset, read_image, read_mask, require_dir
 from .nifti import nifti_case_source
+from .splits import kfold_split, load_split
 
 __all__ = ["NNUNetDataset", "read_dataset_json", "nnunet_cases"]
 
@@ -165,7 +166,6 @@ def NNUNetDataset(root, split: str = "train", transform: Optional[Callable] = No
         splits_file: explicit ``splits_final.json``.
         cache_size: decoded volumes kept in memory (NIfTI data sets).
     """
-    from .splits import kfold_split, load_split
 
     r = require_dir(root, NNUNET_LAYOUT)
     dj = read_dataset_json(r)

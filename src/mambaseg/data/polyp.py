@@ -21,6 +21,7 @@ from typing import Callable, Dict, Optional
 from .base import ConcatSegDataset, MissingDataError, require_dir, strip_ext, warn_once
 from .hints import reader_arg
 from .folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, PairedImageDataset, find_subdir, folder_pairs
+from .splits import ratio_split
 
 __all__ = ["PolypDataset", "polyp_test_sets", "POLYP_TEST_SETS", "build_polyp"]
 
@@ -79,7 +80,6 @@ class PolypDataset(PairedImageDataset):
                 raise MissingDataError(f"{r} has no TrainDataset/ folder; expected layout:\n{POLYP_LAYOUT}")
             pairs = _pairs(td, strict)
             if val_fraction is not None:
-                from .splits import ratio_split
 
                 if not 0 < val_fraction < 1:
                     raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")

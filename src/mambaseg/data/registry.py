@@ -24,8 +24,9 @@ slices whose ``.volumes()`` gives whole volumes; :func:`build_volume_dataset` is
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Dict, Optional
+
+from mambaseg.utils.errors import near_matches
 
 from .base import SegDataset, VolumeDataset
 
@@ -53,8 +54,7 @@ def list_datasets() -> Dict[str, str]:
 
 def _entry(name: str) -> dict:
     if name not in _REGISTRY:
-        near = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        hint = near_matches(name, _REGISTRY)
         raise ValueError(f"unknown data set {name!r}{hint} Known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 

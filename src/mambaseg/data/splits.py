@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from mambaseg.utils.fileio import atomic_write_text
 
 __all__ = ["ratio_split", "kfold_split", "kfold_splits", "save_split", "load_split", "acdc_patient_split"]
 
@@ -135,9 +136,7 @@ def save_split(path, split, overwrite: bool = False) -> Path:
             raise FileExistsError(f"{p} exists and holds a different split; pass overwrite=True to replace it or "
                                   "choose another path")
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, p)
+    atomic_write_text(str(p), json.dumps(data, indent=2))
     return p
 
 

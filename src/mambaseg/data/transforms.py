@@ -35,6 +35,9 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from mambaseg.utils.convert import as_size
+from mambaseg.utils.errors import close_matches
+
 __all__ = [
     "Compose", "RandomHFlip", "RandomVFlip", "RandomRotation", "RandomRot90", "RandomRotFlip", "RandomChoice",
     "Resize", "RandomCrop", "CenterCrop", "IntensityJitter", "Normalize", "ToFloat", "preset_transforms",
@@ -46,10 +49,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _as_size(size) -> Tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        return int(size), int(size)
-    h, w = size
-    return int(h), int(w)
+    return as_size(size, 2)
 
 
 class _Random:
@@ -448,9 +448,7 @@ def preset_transforms(name: str = "default", size=None, train: bool = True, seed
     """The augmentation/preprocessing pipeline of a paper (see the module docstring); ``size=None`` uses the
     paper's input size (256 for ISIC, 224 for ACDC/Synapse, 256 default)."""
     if name not in PRESETS:
-        import difflib
-
-        near = difflib.get_close_matches(name, PRESETS, n=3)
+        near = close_matches(name, PRESETS, n=3, cutoff=0.6)
         raise ValueError(f"unknown transform preset {name!r}; choose from {list(PRESETS)}"
                          + (f" (did you mean {near[0]!r}?)" if near else ""))
     size = _as_size(size if size is not None else _DEFAULT_SIZES[name])

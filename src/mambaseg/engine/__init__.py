@@ -13,13 +13,27 @@ Python use (the same path as ``mambaseg fit``)::
     pl.Trainer(max_epochs=5).fit(model, dm)
 """
 
-from .datamodule import EpochSeededSampler, SegDataModule, collate_cases
-from .errors import CheckpointMismatchError, MambasegUserError, RunDirExistsError
-from .inference import logits_to_labels, predict_logits_2d, predict_volume
-from .module import SELECT_ON, SegmentationModule, check_checkpoint_compatible
-from .report import EIGHT_METRICS, RunRecord, format_metrics_table, write_evaluation, write_report
+import importlib
 
-__all__ = ["SegmentationModule", "SegDataModule", "EpochSeededSampler", "collate_cases", "SELECT_ON",
-           "check_checkpoint_compatible", "logits_to_labels", "predict_logits_2d", "predict_volume",
-           "RunRecord", "EIGHT_METRICS", "format_metrics_table", "write_evaluation", "write_report",
-           "MambasegUserError", "RunDirExistsError", "CheckpointMismatchError"]
+# name -> submodule; imported on first use, so that `import mambaseg.engine.configs` (config lookup for
+# `mambaseg configs`) does not pay for torch and Lightning
+_EXPORTS = {
+    "SegDataModule": "datamodule", "EpochSeededSampler": "datamodule", "collate_cases": "datamodule",
+    "MambasegUserError": "errors", "RunDirExistsError": "errors", "CheckpointMismatchError": "errors",
+    "logits_to_labels": "inference", "predict_logits_2d": "inference", "predict_volume": "inference",
+    "SegmentationModule": "module", "SELECT_ON": "module", "check_checkpoint_compatible": "module",
+    "RunRecord": "report", "EIGHT_METRICS": "report", "format_metrics_table": "report",
+    "write_evaluation": "report", "write_report": "report",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

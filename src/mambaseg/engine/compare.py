@@ -50,7 +50,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import MambasegUserError
+from mambaseg.data.splits import kfold_split, save_split
+from mambaseg.models import list_models
+from mambaseg.utils.convert import to_jsonable
+from mambaseg.utils.fileio import atomic_open, atomic_path, atomic_write_text
+
+from .configs import resolve_config_path
+from .datamodule import _group_ids, carve_indices
+from .errors import MambasegUserError, near_matches
+from .run import build, fit
 
 __all__ = ["RunSpec", "ComparePlan", "plan_compare", "run_compare", "run_one", "run_state", "aggregate",
            "paired_test", "holm", "rank_biserial", "fold_split", "parse_models", "parse_seeds", "COMPARE_OWNED_KEYS"]
@@ -152,7 +160,6 @@ def fold_split(case_ids: Sequence[str], groups: Optional[Sequence[str]], k: int,
     """Fold ``fold`` of a seeded ``k``-fold split of the cases, whole groups (volumes) at a time:
     ``{"train": [case ids], "val": [case ids]}``. The groups are split with
     :func:`mambaseg.data.splits.kfold_split` (sklearn's shuffled KFold on the sorted group keys)."""
-    from mambaseg.data.splits import kfold_split
     keys = list(groups) if groups is not None else list(case_ids)
     uniq = sorted(set(keys))
     if len(uniq) < k:
@@ -176,20 +183,6 @@ def _check_overrides(overrides: Sequence[str]) -> None:
                                     "--model_kwargs, --seeds or --out instead")
 
 
-class _DryCLI:
-    """Parse + instantiate model and data module exactly as ``fit`` would, without a trainer or any file."""
-
-    @staticmethod
-    def build(config: str, args: Sequence[str]):
-        from mambaseg.cli.lightning_cli import MambaSegCLI
-
-        class _NoTrainer(MambaSegCLI):
-            def instantiate_trainer(self, **kwargs):
-                return None
-
-        return _NoTrainer(args=["--config", config, *args], run=False)
-
-
 def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = None, out: str = "runs/compare",
                  overrides: Sequence[str] = (), model_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
                  reference: Optional[str] = None, launcher: str = "local", command: str = "",
@@ -200,10 +193,6 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
     would start several processes (DDP: ``trainer.devices`` > 1 or ``auto``/-1 on a GPU machine, a ``ddp``
     strategy, several nodes), because Lightning's DDP launcher re-runs the command line of the process."""
     import yaml
-    from mambaseg.cli.main import resolve_config_path
-    from mambaseg.models import list_models
-    from .errors import near_matches
-    from .datamodule import _group_ids, carve_indices
 
     cfg_path = os.path.abspath(resolve_config_path(config))
     pairs = parse_models(models)
@@ -249,7 +238,8 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
     # parse + build every model once (bad keys / kwargs fail here, before any work)
     dms = {}
     for lb, m in pairs:
-        cli = _DryCLI.build(cfg_path, [*overrides, "--model.model", m, "--model.model_kwargs", json.dumps(kwargs[lb])])
+        cli = build(cfg_path, [*overrides, "--model.model", m, "--model.model_kwargs", json.dumps(kwargs[lb])],
+                    trainer=False)  # parse + build model and data module as fit would; no trainer, no file
         dms[lb] = cli
     cli0 = dms[labels[0]]
     cfg = cli0.config
@@ -385,14 +375,10 @@ def _check_against_previous(plan: ComparePlan) -> None:
 
 def _write_json(path: str, data: Any) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def write_plan(plan: ComparePlan) -> None:
-    from mambaseg.data.splits import save_split
     for name, sp in plan.splits.items():
         save_split(os.path.join(plan.out, "splits", f"{name}.json"), sp)
     data = asdict(plan)
@@ -402,8 +388,7 @@ def write_plan(plan: ComparePlan) -> None:
              f"# {plan.command}" if plan.command else "#", "# each run is this `mambaseg fit` (add --resume true to "
              "continue a killed one):"]
     lines += ["mambaseg " + shlex.join(r.argv) for r in plan.runs]
-    with open(os.path.join(plan.out, "commands.sh"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(plan.out, "commands.sh"), "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -440,7 +425,6 @@ def run_one(spec: Dict[str, Any], callbacks: Sequence[Any] = ()) -> Dict[str, An
 
     ``spec`` is ``asdict(RunSpec)``; ``callbacks`` are extra Lightning callbacks (tests inject faults this way).
     Returns ``{"key", "state", "seconds"}``; raises if the run ends without its test summary."""
-    from mambaseg.cli.lightning_cli import MambaSegCLI
     run_dir = spec["run_dir"]
     key = f"{spec['label']}/{_run_name(spec['seed'], spec['fold'])}"
     state = run_state(run_dir)
@@ -464,8 +448,7 @@ def run_one(spec: Dict[str, Any], callbacks: Sequence[Any] = ()) -> Dict[str, An
         if rc != 0:
             raise RuntimeError(f"run {key}: `mambaseg fit` exited with code {rc}; rerun the compare to resume")
     else:
-        extra = {"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}
-        MambaSegCLI(args=argv, **extra)
+        fit(overrides=argv[1:], callbacks=callbacks)  # argv: the run's documented `mambaseg fit ...` line
     if run_state(run_dir) != "done":
         raise RuntimeError(f"run {key} ended without test/summary.json (interrupted?); rerun the compare to resume")
     return {"key": key, "state": "resumed" if state == "resume" else "trained", "seconds": round(time.time() - t0, 2)}
@@ -703,19 +686,19 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
                "runs": [{k: v for k, v in r.items() if k != "per_case"} for r in runs],
                "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1)}
     _write_json(os.path.join(out, "results.json"), _clean(results))
-    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "metric", "mean", "std", "n_runs", "values"])
         for lb in labels:
             for m, s in per_model[lb]["metrics"].items():
                 w.writerow([lb, m, _num(s["mean"]), _num(s["std"]), s["n"], " ".join(_num(v) for v in s["values"])])
-    with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out, "runs.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "seed", "fold", "run_dir", "fit_seconds", "epochs"] + metric_names)
         for r in runs:
             w.writerow([r["label"], r["seed"], "" if r["fold"] is None else r["fold"], os.path.relpath(r["run_dir"], out),
                         r["fit_seconds"], r["epochs"]] + [_num(r["metrics"].get(m)) for m in metric_names])
-    with open(os.path.join(out, "paired_tests.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out, "paired_tests.csv"), "w", newline="") as f:
         keys = ["model", "reference", "metric", "n", "n_nonzero", "n_dropped_nonfinite", "mean_diff", "median_diff",
                 "statistic", "pvalue", "pvalue_holm", "rank_biserial", "note"]
         w = csv.writer(f)
@@ -723,7 +706,7 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
         for t in tests:
             w.writerow([_num(t[k]) if isinstance(t[k], float) else t[k] for k in keys])
     # per-case table (model means over runs) for the box plot and for re-analysis
-    with open(os.path.join(out, "per_case_mean.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out, "per_case_mean.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "case_id"] + list(PAIRED_METRICS))
         for lb in labels:
@@ -731,10 +714,8 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
                 w.writerow([lb, cid] + [_num(case_vals[lb][cid][m]) for m in PAIRED_METRICS])
 
     md, tex, txt = _tables(labels, per_model, agg_note, len(plan["seeds"]), plan["folds"])
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(out, "table.tex"), "w") as f:
-        f.write(tex + "\n")
+    atomic_write_text(os.path.join(out, "table.md"), md + "\n")
+    atomic_write_text(os.path.join(out, "table.tex"), tex + "\n")
     box = _box_plot(out, labels, case_vals)
     _write_report(out, plan, results, md, box)
     results["table_text"] = txt
@@ -749,15 +730,7 @@ def _num(v) -> str:
 
 
 def _clean(v):
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (np.floating, np.integer)):
-        return _clean(v.item())
-    return v
+    return to_jsonable(v)
 
 
 def _tables(labels, per_model, agg_note, n_seeds, folds) -> Tuple[str, str, str]:
@@ -797,7 +770,8 @@ def _box_plot(out: str, labels, case_vals) -> Optional[str]:
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     path = os.path.join(out, "plots", "dice_box.png")
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -859,5 +833,4 @@ def _write_report(out, plan, results, table_md, box) -> None:
               "Files: `results.csv` / `results.json` (mean, std, every run's value), `runs.csv`, `paired_tests.csv`, "
               "`per_case_mean.csv`, `table.md`, `table.tex`, `splits/`, `runs/<model>/<seed>/` (each a full run "
               "directory with its own report).", ""]
-    with open(os.path.join(out, "report.md"), "w") as fh:
-        fh.write("\n".join(lines))
+    atomic_write_text(os.path.join(out, "report.md"), "\n".join(lines))

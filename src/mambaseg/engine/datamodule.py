@@ -31,9 +31,15 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from mambaseg.data.hints import data_arg
+from mambaseg.data import build_dataset, list_datasets
+from mambaseg.data.base import DataError, SegDataset, volume_slices
+from mambaseg.data.check import CHECK_MODES, DataReport, check_splits
+from mambaseg.data.hints import current_style, data_arg
+from mambaseg.data.splits import load_split, save_split
+from mambaseg.data.transforms import preset_transforms, seed_transforms
 
 from .errors import MambasegUserError, near_matches
+from .runs import seed_generators
 
 __all__ = ["SegDataModule", "EpochSeededSampler", "EpochSeededSamples", "collate_cases", "DataCheckError"]
 
@@ -43,7 +49,6 @@ class DataCheckError(MambasegUserError):
 
 
 def _check_fix_hint(mode: str) -> str:
-    from mambaseg.data.hints import current_style
     if current_style() == "cli":
         return ("Fix or remove these files and run `mambaseg check` with the same --config / --data options to "
                 "see the data again; --data.check none skips the check.")
@@ -91,7 +96,6 @@ class VolumeEvalDataset(Dataset):
         return len(self.volumes)
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
-        from mambaseg.data.base import volume_slices
         vol = self.volumes[i]
         return {"image": volume_slices(vol, self.transform), "mask": vol["mask"], "meta": vol["meta"]}
 
@@ -115,10 +119,8 @@ class EpochSeededSamples(Dataset):
         s = (self.seed * 1_000_003 + 7919 * int(epoch) + 104_729 * int(i) + 1) % (2 ** 63)
         t = getattr(getattr(self.dataset, "dataset", self.dataset), "transform", None)
         if t is not None:
-            from mambaseg.data.transforms import seed_transforms
             seed_transforms(t, s)
         if torch.utils.data.get_worker_info() is not None:
-            from .runs import seed_generators
             seed_generators(s)
         return self.dataset[i]
 
@@ -127,7 +129,6 @@ def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     t = getattr(getattr(info.dataset, "dataset", info.dataset), "transform", None)
     if t is not None:
-        from mambaseg.data.transforms import seed_transforms
         seed_transforms(t, torch.initial_seed() % (2 ** 31))
 
 
@@ -193,7 +194,6 @@ class SegDataModule(pl.LightningDataModule):
                  num_classes: Optional[int] = None, in_channels: Optional[int] = None, check: str = "header",
                  split: Optional[List[float]] = None, split_file: Optional[str] = None):
         super().__init__()
-        from mambaseg.data import list_datasets
         names = list(list_datasets()) if callable(list_datasets) else []
         names = [n if isinstance(n, str) else getattr(n, "name", str(n)) for n in names]
         if names and dataset not in names:
@@ -208,7 +208,6 @@ class SegDataModule(pl.LightningDataModule):
                                     '{"train": [case ids], "val": [case ids]} or leave it unset')
         if not 0.0 <= val_fraction < 1.0:
             raise MambasegUserError(f"val_fraction must be in [0, 1); got {val_fraction}")
-        from mambaseg.data.check import CHECK_MODES
         if check not in CHECK_MODES:
             raise MambasegUserError(f"unknown data check {check!r}{near_matches(check, CHECK_MODES)} Choices: "
                                     f"{', '.join(CHECK_MODES)}")
@@ -234,12 +233,10 @@ class SegDataModule(pl.LightningDataModule):
     def _transform(self, train: bool):
         if self.hparams.transforms is None:
             return None
-        from mambaseg.data.transforms import preset_transforms
         return preset_transforms(self.hparams.transforms, self.hparams.image_size, train,
                                  seed=self.hparams.seed if train else None)
 
     def build(self, split: str, train: bool, transform: bool = True, **extra) -> Dataset:
-        from mambaseg.data import build_dataset
         kw = {**self.dataset_kwargs, **dict((self.hparams.split_kwargs or {}).get(split) or {}), **extra}
         if self.hparams.split is not None:
             kw.setdefault("ratios", tuple(float(v) for v in self.hparams.split))
@@ -261,8 +258,6 @@ class SegDataModule(pl.LightningDataModule):
     def check_data(self, mode: Optional[str] = None, include_test: bool = True):
         """Check every split used (``mambaseg.data.check``); returns the ``DataReport`` (never raises for bad
         files: each problem is listed in the report)."""
-        from mambaseg.data.base import DataError
-        from mambaseg.data.check import DataReport, check_splits
         mode = mode or self.hparams.check
         if mode == "none":
             return DataReport(self.dataset_name, self.root, mode)
@@ -291,7 +286,6 @@ class SegDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if self.hparams.split is None or trainer is None or trainer.global_rank != 0:
             return
-        from mambaseg.data.splits import save_split
         data = {}
         for role, split in self.splits_used().items():
             ds = self.build(split, train=False, transform=False)
@@ -302,7 +296,6 @@ class SegDataModule(pl.LightningDataModule):
 
     def _probe(self) -> Dataset:
         if "probe" not in self._datasets:
-            from mambaseg.data.base import DataError
             try:
                 self._datasets["probe"] = self.build(self.hparams.train_split, train=False)
             except DataError:
@@ -334,7 +327,6 @@ class SegDataModule(pl.LightningDataModule):
         return train, val
 
     def _from_split_file(self):
-        from mambaseg.data.splits import load_split
         split = load_split(os.path.expanduser(str(self.hparams.split_file)))
         if not isinstance(split, dict):
             raise MambasegUserError(f"data.split_file {self.hparams.split_file!r} holds a list of folds; pass one "
@@ -426,7 +418,6 @@ def _group_ids(ds) -> Optional[List[str]]:
     (``<volume>_slice_<k>`` case ids, as every volume reader names its slices), so that no volume has slices on
     both sides. None when the data set cannot list its case ids without reading every sample (2-D sets, where
     each image is its own case anyway)."""
-    from mambaseg.data.base import SegDataset
     fn = getattr(type(ds), "case_ids", None)
     if fn is None or fn is getattr(SegDataset, "case_ids", None):
         return None

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
-from typing import Iterable
+from mambaseg.utils.errors import MambasegUserError, close_matches, near_matches
 
-
-class MambasegUserError(ValueError):
-    """Bad input from the user (config, path, checkpoint); the message names the problem and the fix."""
+__all__ = ["MambasegUserError", "RunDirExistsError", "CheckpointMismatchError", "close_matches", "near_matches"]
 
 
 class RunDirExistsError(MambasegUserError, FileExistsError):
@@ -16,9 +13,3 @@ class RunDirExistsError(MambasegUserError, FileExistsError):
 
 class CheckpointMismatchError(MambasegUserError):
     """A checkpoint was written for another model, class count or channel count."""
-
-
-def near_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
-    """``"; did you mean 'a', 'b'?"`` or ``""``."""
-    near = difflib.get_close_matches(str(word), list(choices), n=n, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(m) for m in near)}?" if near else ""

@@ -15,20 +15,14 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from mambaseg.metrics.segmentation import logits_to_labels  # its one home (the metrics' own rule)
+
 __all__ = ["logits_to_labels", "logits_to_probs", "predict_logits_2d", "predict_volume"]
 
 
 def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) logits -> probabilities: sigmoid for one channel (binary), softmax otherwise."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-
-
-def logits_to_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(B, C, H, W) logits -> (B, H, W) int64 labels: ``sigmoid >= threshold`` for one channel (as the papers),
-    ``argmax`` over classes otherwise."""
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits[:, 0].float()) >= threshold).long()
-    return logits.argmax(dim=1)
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -31,6 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from mambaseg.data.hints import data_arg, model_arg, option
+from mambaseg.data.labels import dataset_class_names
+from mambaseg.losses import DeepSupervisionLoss, build_loss
+from mambaseg.metrics import SegmentationMetrics
+from mambaseg.models import create_model
+from mambaseg.models.blocks.nnunet_blocks import deep_supervision_weights
+from mambaseg.models.registry import UnknownModelKwargError
+from mambaseg.ops import get_default_backend, resolve_backend, set_default_backend
 
 from .errors import CheckpointMismatchError, MambasegUserError, near_matches
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
@@ -74,7 +81,9 @@ def check_image_size(image_size, divisor, model: str = "the model") -> None:
     _check_size_value(image_size)
     if not divisor:
         return
-    for s in _sizes(image_size):
+    sizes = _sizes(image_size)
+    divisors = tuple(divisor) if isinstance(divisor, (list, tuple)) else (divisor,) * len(sizes)
+    for s, divisor in zip(sizes, divisors):
         if s % divisor:
             near = " or ".join(data_arg("image_size", v) for v in nearest_valid_sizes(s, divisor))
             raise MambasegUserError(f"image size {s} does not fit {model}: its input sides must be multiples of "
@@ -147,10 +156,7 @@ class SegmentationModule(pl.LightningModule):
         self.save_hyperparameters()
         _check_size_value(image_size)
         if scan_backend:
-            from mambaseg.ops import set_default_backend
             set_default_backend(scan_backend)
-        from mambaseg.models import create_model
-        from mambaseg.models.registry import UnknownModelKwargError
         self.out_channels = 1 if num_classes == 2 else num_classes
         try:
             self.net = create_model(model, in_channels=in_channels, num_classes=self.out_channels,
@@ -162,7 +168,7 @@ class SegmentationModule(pl.LightningModule):
                 raise
             raise MambasegUserError(f"model.model_kwargs {dict(model_kwargs)!r} do not fit model {model!r}: {e}"
                                     ) from None
-        check_image_size(image_size, getattr(self.net, "downsample_factor", None), model)
+        check_image_size(image_size, self.net.downsample_factor, model)  # the model contract's size rule
         self.loss_name = loss or ("bce_dice" if num_classes == 2 else "ce_dice")
         self.loss_fn = self._build_loss(self.loss_name, dict(loss_kwargs or {}))
         self.test_results: Optional[Dict[str, Any]] = None
@@ -174,7 +180,6 @@ class SegmentationModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------------------
     # building blocks
     def _build_loss(self, name: str, kwargs: Dict[str, Any]):
-        from mambaseg.losses import build_loss
         return build_loss(name, self.out_channels if self.out_channels > 1 else 1, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,8 +200,6 @@ class SegmentationModule(pl.LightningModule):
         resolution 0, normalised; the target is downsampled (nearest) to each output."""
         cache = self.__dict__.setdefault("_ds_losses", {})  # a plain dict: not a sub-module, no state_dict keys
         if n not in cache:
-            from mambaseg.losses import DeepSupervisionLoss
-            from mambaseg.models.blocks.nnunet_blocks import deep_supervision_weights
             cache[n] = DeepSupervisionLoss(self.loss_fn, deep_supervision_weights(n), resize="target")
         return cache[n]
 
@@ -311,7 +314,6 @@ class SegmentationModule(pl.LightningModule):
     # test: all eight metrics, per case + aggregated
     def _new_metrics(self, volumetric: bool = False):
         """Metrics for this test run; volumes are always scored per volume (3D), 2D data never per volume."""
-        from mambaseg.metrics import SegmentationMetrics
         hp = self.hparams
         aggregation = hp.aggregation
         if volumetric and aggregation != "per_volume":
@@ -341,7 +343,6 @@ class SegmentationModule(pl.LightningModule):
             if names:
                 break
         if not names:
-            from mambaseg.export import dataset_class_names
             names = dataset_class_names(getattr(dm, "dataset_name", None), n)
         names = [str(c) for c in names] if names else None
         return names if names and len(names) == n and len(set(names)) == n else None
@@ -419,7 +420,6 @@ class SegmentationModule(pl.LightningModule):
 
     def metric_settings(self) -> Dict[str, Any]:
         hp = self.hparams
-        from mambaseg.ops import get_default_backend, resolve_backend
         return {"hd95_mode": hp.hd95_mode, "include_background": hp.include_background,
                 "threshold": hp.threshold, "num_classes": hp.num_classes,
                 "image_size": hp.image_size, "eval_original_size": hp.eval_original_size, "model": hp.model,

@@ -31,9 +31,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from mambaseg.data.base import read_image
+from mambaseg.data.nifti import read_nifti, save_nifti
+from mambaseg.data.transforms import preset_transforms
+from mambaseg.models.hub import is_pretrained_folder
+
 from .errors import MambasegUserError
-from .io import DiskFullError, UnwritableError
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
+from .io import (DiskFullError, UnwritableError, atomic_path, atomic_write_bytes, atomic_write_text,
+                 check_mambaseg_checkpoint, load_checkpoint)
+from .module import SegmentationModule
+from .pretrained_folder import load_folder_module
 
 __all__ = ["PredictResult", "load_module", "collect_inputs", "output_names", "predict_paths", "overlay"]
 
@@ -51,12 +59,8 @@ class PredictResult:
 def load_module(ckpt: str, device: str = "cpu"):
     """``SegmentationModule`` from a mambaseg checkpoint (clear errors for a missing or foreign file), or the
     equivalent of one from a pretrained folder (``save_pretrained`` / ``mambaseg export --format folder``)."""
-    from mambaseg.models.hub import is_pretrained_folder
     if is_pretrained_folder(ckpt):
-        from .pretrained_folder import load_folder_module
         return load_folder_module(ckpt, device=device)
-    from .io import check_mambaseg_checkpoint, load_checkpoint
-    from .module import SegmentationModule
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist (expected RUN/checkpoints/best.ckpt)")
     data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
@@ -152,7 +156,6 @@ def _eval_transform(module) -> Optional[Callable]:
     hp = module.hparams
     if not hp.get("preprocess"):
         return None
-    from mambaseg.data.transforms import preset_transforms
     return preset_transforms(hp.preprocess, hp.image_size, train=False)
 
 
@@ -161,7 +164,6 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 
     from PIL import Image
 
-    from .io import atomic_write_bytes
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     atomic_write_bytes(str(path), buf.getvalue())
@@ -225,7 +227,6 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
     Unreadable inputs are skipped and listed in ``PredictResult.errors`` and ``<out>/errors.txt``; when no input
     exists at all, ``MambasegUserError`` is raised before anything is written. ``overwrite`` replaces outputs of
     the same name (other files in ``out_dir`` are kept)."""
-    from mambaseg.data.base import read_image
     hp = module.hparams
     thr = hp.threshold if threshold is None else float(threshold)
     transform = _eval_transform(module)
@@ -250,7 +251,6 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
     for f, name in it:
         try:
             if f.name.lower().endswith(NIFTI_EXTS):
-                from mambaseg.data.nifti import read_nifti, save_nifti
                 arr, spacing = read_nifti(f)
                 vol = arr if arr.ndim == 4 else arr[None]  # (C, D, H, W)
                 if vol.shape[0] != hp.in_channels:
@@ -267,7 +267,6 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
                 x = torch.stack(slices).to(device)
                 labels = predict_volume(net, x, vol.shape[-2:], thr, input_size=size).numpy()
                 dest = _check_free(out / "masks" / f"{name}.nii.gz", overwrite)
-                from .io import atomic_path
                 with atomic_path(str(dest)) as tmp:
                     save_nifti(labels.astype(np.int64), tmp, spacing=spacing, reference=f)
                 res.written.append(str(dest))
@@ -296,7 +295,6 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
             res.errors.append((str(f), f"{type(e).__name__}: {e}"))
     res.warnings = conv.messages()
     if res.errors:
-        from .io import atomic_write_text
         atomic_write_text(str(out / "errors.txt"), "".join(f"{p}\t{msg}\n" for p, msg in res.errors))
     elif overwrite and (out / "errors.txt").exists():
         (out / "errors.txt").unlink()  # the list of an earlier run into this folder; this one skipped nothing

@@ -5,6 +5,7 @@ class_names) and ``.input_size``, so the saved preprocessing is applied exactly 
 from __future__ import annotations
 
 from typing import Any, Dict
+from mambaseg.models.hub import from_pretrained
 
 __all__ = ["FolderModule", "load_folder_module"]
 
@@ -47,6 +48,5 @@ class FolderModule:
 
 
 def load_folder_module(path: str, device: str = "cpu") -> FolderModule:
-    from mambaseg.models.hub import from_pretrained
     net = from_pretrained(path, map_location=device)
     return FolderModule(net, net.pretrained_config).eval()

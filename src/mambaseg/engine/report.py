@@ -11,13 +11,15 @@ table of all eight metrics. Everything is relative paths, so the folder can be z
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from mambaseg.metrics import write_summary
+from mambaseg.utils.fileio import atomic_open, atomic_write_bytes, atomic_write_text
 
 __all__ = ["EIGHT_METRICS", "RunRecord", "write_evaluation", "write_report", "format_metrics_table",
            "read_metrics_csv", "case_dice_values"]
@@ -62,42 +64,14 @@ def _scalar(v) -> Optional[float]:
         return None
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    try:
-        import torch
-        if isinstance(v, torch.Tensor):
-            return v.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None if math.isnan(v) else str(v)
-    return v
-
-
 def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
     """Write ``per_case.csv`` and ``summary.json`` (plus ``qualitative.npz``) into ``out_dir``."""
-    from .io import atomic_open
     os.makedirs(out_dir, exist_ok=True)
     settings = dict(results.get("settings") or {})
     if extra:
         settings.update(extra)
     rows, summary = results.get("rows") or [], results.get("summary") or {}
-    try:
-        from mambaseg.metrics import write_summary
-    except ImportError:  # metrics package without the writer: fall back to our own format
-        write_summary = None
-    if write_summary is not None:
-        write_summary(rows, summary, out_dir, settings)
-    else:
-        _write_rows_csv(os.path.join(out_dir, "per_case.csv"), rows)
-        with atomic_open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(_jsonable({"settings": settings, "metrics": summary}), f, indent=2)
+    write_summary(rows, summary, out_dir, settings)
     q = results.get("qualitative") or []
     if q:
         with atomic_open(os.path.join(out_dir, "qualitative.npz"), "wb") as f:
@@ -107,24 +81,9 @@ def write_evaluation(out_dir: str, results: Dict[str, Any], extra: Optional[Dict
     return {"per_case": os.path.join(out_dir, "per_case.csv"), "summary": os.path.join(out_dir, "summary.json")}
 
 
-def _write_rows_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
-    from .io import atomic_open
-    keys: List[str] = []
-    for r in rows:
-        for k in r:
-            if k not in keys:
-                keys.append(k)
-    with atomic_open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _jsonable(r.get(k)) for k in keys})
-
-
 def _save_fig(fig, path: str) -> None:
     import io
 
-    from .io import atomic_write_bytes
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     atomic_write_bytes(path, buf.getvalue())
@@ -356,7 +315,6 @@ def write_report(out_dir: str, records: Sequence[RunRecord], title: str = "mamba
     for heading, p in plots.items():
         if p:
             lines += [f"## {heading}", "", f"![{heading}]({os.path.relpath(p, out_dir)})", ""]
-    from .io import atomic_write_text
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

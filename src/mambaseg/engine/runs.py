@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from mambaseg import __version__
+from mambaseg.ops import available_backends, get_default_backend, resolve_backend
+
 from .errors import RunDirExistsError
+from .io import (CheckpointReadError, UnsafeCheckpointError, atomic_write_text, check_mambaseg_checkpoint,
+                 load_checkpoint)
+from .module import SELECT_ON
+from .report import RunRecord, empty_warnings, format_metrics_table, write_evaluation, write_report
 
 __all__ = ["check_run_dir", "is_child_process", "make_checkpoint_callbacks", "EpochSeedCallback", "RandomStateCallback",
            "ResumeHintCallback", "RunInfoCallback", "write_test_outputs", "next_free_dir", "environment_info",
@@ -59,7 +66,6 @@ def pick_resume_checkpoint(run_dir: str) -> str:
     """The newest checkpoint of ``run_dir`` that reads: the one with the most training steps (``last.ckpt`` on a
     tie). An unreadable one (truncated by a crash or a full disk, empty) is passed over, saying so; one that asks
     for code is refused (``UnsafeCheckpointError``), never skipped silently."""
-    from .io import CheckpointReadError, UnsafeCheckpointError, check_mambaseg_checkpoint, load_checkpoint
     files = checkpoint_files(run_dir)
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     files.sort(key=lambda f: (f != last, -os.path.getmtime(f)))
@@ -145,7 +151,6 @@ def make_checkpoint_callbacks(run_dir: str, select_on: str) -> List[ModelCheckpo
     """``best.ckpt`` (selected as ``select_on`` says) and ``last.ckpt`` (every epoch / validation).
 
     Two callbacks, because Lightning >= 2.5 only refreshes ``save_last`` when a top-k file was written."""
-    from .module import SELECT_ON
     monitor, mode = SELECT_ON[select_on]
     d = os.path.join(run_dir, "checkpoints")
     best = ModelCheckpoint(dirpath=d, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=False,
@@ -278,8 +283,6 @@ def environment_info() -> Dict[str, Any]:
             "platform": platform.platform(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available()}
     try:
-        from mambaseg import __version__
-        from mambaseg.ops import available_backends, get_default_backend, resolve_backend
         name = get_default_backend()
         info.update(mambaseg=__version__, scan_backend=f"{name} -> {resolve_backend(name)}" if name == "auto" else name,
                     scan_backends_available=list(available_backends()))
@@ -314,7 +317,6 @@ class RunInfoCallback(Callback):
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "describe"):
             data["data"] = dm.describe()
-        from .io import atomic_write_text
         atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
     def on_fit_start(self, trainer, pl_module):
@@ -333,7 +335,6 @@ def write_test_outputs(module, out_dir: str, run_dir: Optional[str] = None, name
     ``out_dir``), the metrics table on stdout. ``log_dir``: the training run whose ``metrics.csv`` gives the
     report's training curves (default ``run_dir``; none found = no curves plot). Returns the RunRecord data, or
     None off rank 0."""
-    from .report import RunRecord, format_metrics_table, write_evaluation, write_report
     res = getattr(module, "test_results", None)
     if not res:
         return None
@@ -347,7 +348,6 @@ def write_test_outputs(module, out_dir: str, run_dir: Optional[str] = None, name
     rec.settings["empty_policy"] = policy.get("name") if isinstance(policy, dict) else policy
     report = write_report(run_dir or out_dir, [rec], title=title or f"mambaseg report: {rec.name}", notes=notes)
     print("\n" + format_metrics_table([rec]))
-    from .report import empty_warnings
     for w in empty_warnings([rec]):  # also on stderr, where a script watching for problems looks
         print(f"mambaseg: {w}", file=sys.stderr)
     subsets = res.get("subsets") or {}

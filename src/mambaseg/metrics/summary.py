@@ -24,21 +24,10 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
+from mambaseg.utils.convert import to_jsonable
+from mambaseg.utils.fileio import atomic_open
+
 __all__ = ["write_summary"]
-
-
-def _json_value(v):
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_value(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return [_json_value(x) for x in v.tolist()]
-    return v
 
 
 def write_summary(rows: Sequence[Mapping[str, object]], summary: Mapping[str, object],
@@ -77,7 +66,6 @@ def write_summary(rows: Sequence[Mapping[str, object]], summary: Mapping[str, ob
         if key not in seen and (key != "case_id" or any("case_id" in r for r in rows)):
             seen.add(key)
             columns.append(key)
-    from mambaseg.engine.io import atomic_open
     with atomic_open(str(csv_path), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, restval="")
         w.writeheader()
@@ -85,8 +73,8 @@ def write_summary(rows: Sequence[Mapping[str, object]], summary: Mapping[str, ob
             w.writerow({k: r.get(k, "") for k in columns})
     counts: Dict[str, object] = {k: v for k, v in summary.items() if str(k).startswith("count/")}
     metrics = {k: v for k, v in summary.items() if not str(k).startswith("count/")}
-    payload = {"settings": _json_value(dict(settings)), "metrics": _json_value(metrics),
-               "counts": _json_value(counts)}
+    payload = {"settings": to_jsonable(dict(settings)), "metrics": to_jsonable(metrics),
+               "counts": to_jsonable(counts)}
     with atomic_open(str(json_path), "w") as f:
         json.dump(payload, f, indent=2, allow_nan=False)
         f.write("\n")

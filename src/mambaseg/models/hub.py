@@ -25,6 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from mambaseg.utils.convert import as_size
+from mambaseg.utils.fileio import atomic_path, atomic_write_text
+from mambaseg import __version__
+from .registry import create_model, model_info
+
 __all__ = ["save_pretrained", "from_pretrained", "read_config", "is_pretrained_folder", "PretrainedMixin",
            "PretrainedFolderError", "push_to_hub", "pull_from_hub", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -53,9 +58,7 @@ def _jsonable(v, where: str):
 def _size2(s) -> Optional[List[int]]:
     if s is None:
         return None
-    if isinstance(s, int):
-        return [s, s]
-    return [int(s[0]), int(s[1])]
+    return list(as_size(s, 2 if isinstance(s, int) else len(s)))  # an int is 2D; a tuple keeps its axes
 
 
 def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *, input_size=None,
@@ -71,9 +74,7 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *
     are not overwritten unless ``overwrite``. Returns the folder."""
     from safetensors.torch import save_model
 
-    from mambaseg import __version__
 
-    from .registry import model_info
     name = getattr(model, "model_name", None)
     args = getattr(model, "model_args", None)
     if not name or args is None:
@@ -117,11 +118,12 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *
         if taken:
             raise FileExistsError(f"{', '.join(taken)} exist(s); choose another folder or pass overwrite=True")
     was = model.training
-    save_model(model.eval(), str(d / WEIGHTS_NAME), metadata={"format": "pt", "architecture": name})
+    with atomic_path(str(d / WEIGHTS_NAME)) as tmp:
+        save_model(model.eval(), tmp, metadata={"format": "pt", "architecture": name})
     model.train(was)
-    (d / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+    atomic_write_text(str(d / CONFIG_NAME), json.dumps(cfg, indent=2) + "\n")
     if model_card:
-        (d / "README.md").write_text(model_card)
+        atomic_write_text(str(d / "README.md"), model_card)
     return d
 
 
@@ -160,7 +162,6 @@ def from_pretrained(path: Union[str, os.PathLike], map_location: Union[str, torc
     kept on ``model.pretrained_config``. The model is returned in eval mode."""
     from safetensors.torch import load_model
 
-    from .registry import create_model
     cfg = read_config(path)
     w = Path(path) / WEIGHTS_NAME
     if not w.is_file():

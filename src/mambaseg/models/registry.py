@@ -12,13 +12,19 @@ path to a classification checkpoint handed to ``mambaseg.models.load_pretrained`
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch.nn as nn
+
+from mambaseg.utils.convert import as_size
+from mambaseg.utils.errors import near_matches
+
+from .contract import SegmentationNetwork
+from .features import FeatureEncoder
+from .pretrained import load_pretrained
 
 __all__ = ["register_model", "list_models", "create_model", "model_info", "ModelInfo", "UnknownModelError",
            "UnknownModelKwargError", "model_kwarg_names"]
@@ -37,43 +43,63 @@ class ModelInfo:
     name: str
     factory: Callable[..., nn.Module]
     paper: str = ""
-    default_size: int = 256          # the input size the paper trained at
+    default_size: Union[int, Tuple[int, ...]] = 256  # the input size the paper trained at (int: every axis)
     family: str = "mamba"            # "mamba" or "baseline"
     description: str = ""
     extra: dict = field(default_factory=dict)
+    model_class: Optional[type] = None  # the class the factory builds (its return annotation)
+
+    @property
+    def default_input_size(self) -> Tuple[int, ...]:
+        """``default_size`` as one int per spatial axis."""
+        dims = self.model_class.spatial_dims if self.model_class is not None else 2
+        return as_size(self.default_size, dims)
 
 
 _REGISTRY: Dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, paper: str = "", default_size: int = 256, family: str = "mamba",
+def model_class(factory: Callable) -> Optional[type]:
+    """The class a factory builds, from its return annotation (``-> VMUNet``), or None."""
+    try:
+        ret = inspect.signature(factory).return_annotation
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return None
+    if isinstance(ret, str):
+        ret = getattr(factory, "__globals__", {}).get(ret)
+    return ret if inspect.isclass(ret) else None
+
+
+def register_model(name: str, *, paper: str = "", default_size: Optional[int] = None, family: str = "mamba",
                    description: str = "", **extra):
+    """Register ``fn(in_channels, num_classes, **kwargs)`` under ``name``. The default input size is the built
+    class's ``default_input_size`` (the model contract, stored once); ``default_size`` is only for a class that
+    sets none at class level (one that contradicts the class attribute is refused)."""
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, fn, paper, default_size, family,
-                                    description or (fn.__doc__ or "").strip().split("\n")[0], extra)
+        cls = model_class(fn)
+        own = cls.class_default_size() if cls is not None and issubclass(cls, SegmentationNetwork) else None
+        if own is not None and default_size is not None and as_size(default_size, len(own)) != own:
+            raise ValueError(f"model {name!r}: register_model(default_size={default_size!r}) contradicts "
+                             f"{cls.__name__}.default_input_size = {own}; the class attribute is the one home "
+                             "of the default size, drop default_size=...")
+        size = default_size if own is None else (own[0] if len(set(own)) == 1 else own)
+        _REGISTRY[name] = ModelInfo(name, fn, paper, 256 if size is None else size, family,
+                                    description or (fn.__doc__ or "").strip().split("\n")[0], extra, cls)
         return fn
     return deco
 
 
-def _ensure_loaded():
-    # Importing the package registers every network (each file registers itself at import).
-    import mambaseg.models  # noqa: F401
-
-
 def list_models(pattern: Optional[str] = None, family: Optional[str] = None) -> List[str]:
     """Registered model names, sorted; ``pattern`` is a shell-style wildcard (``"vmunet*"``)."""
-    _ensure_loaded()
     names = sorted(n for n, i in _REGISTRY.items() if family is None or i.family == family)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
 def model_info(name: str) -> ModelInfo:
-    _ensure_loaded()
     if name not in _REGISTRY:
-        near = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        hint = near_matches(name, _REGISTRY, cutoff=0.4)
         raise UnknownModelError(f"unknown model {name!r}{hint} Registered models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
@@ -99,10 +125,8 @@ def model_kwarg_names(name: str) -> Optional[List[str]]:
     factory = model_info(name).factory
     names, var = _named_params(factory)
     if var:
-        ret = inspect.signature(factory).return_annotation
-        if isinstance(ret, str):
-            ret = getattr(factory, "__globals__", {}).get(ret)
-        if not inspect.isclass(ret):
+        ret = model_class(factory)
+        if ret is None:
             return None
         more, var = _named_params(ret.__init__)
         if var:
@@ -117,8 +141,7 @@ def _check_kwargs(name: str, kwargs: Dict) -> None:
         return
     for key in kwargs:
         if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+            hint = near_matches(key, valid)
             raise UnknownModelKwargError(f"model {name!r} has no keyword {key!r}{hint} Valid keywords: "
                                          f"{', '.join(valid) or '(none)'}")
 
@@ -133,7 +156,6 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrain
     forward gives the multi-scale maps listed in its ``feature_info`` (``out_indices`` selects stages).
     The arguments are kept on ``model.model_args`` (what ``save_pretrained`` writes)."""
     if features_only:
-        from .backbone import FeatureEncoder
         full = create_model(name, in_channels, num_classes, pretrained, **kwargs)
         enc = FeatureEncoder(full, out_indices)
         enc.model_name = name
@@ -148,14 +170,12 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 1, pretrain
     model.model_name = name
     model.model_args = _bound_args(info.factory, dict(in_channels=in_channels, num_classes=num_classes, **kwargs))
     if pretrained:
-        from .pretrained import load_pretrained
         model.pretrained_report = load_pretrained(model, pretrained)
     return model
 
 
 def _bound_args(factory: Callable, given: dict) -> dict:
     """Every argument of the factory call (given ones plus the factory's defaults), ``**kwargs`` flattened."""
-    import inspect
     try:
         sig = inspect.signature(factory)
         bound = sig.bind(**given)

@@ -115,6 +115,7 @@ class ConvUNet(nn.Module):
     for the arguments."""
 
     downsample_factor = 16
+    default_input_size = 256    # the model contract (mambaseg.models.contract); U-Net and Attention U-Net
     arch_name = "unet"          # for error messages
     up_block = UpBlock          # decoder block class: (in_channels, out_channels, upsample) -> module(x, skip)
     encoder_modules = ("inc", "downs")

@@ -84,3 +84,11 @@ def check_input_size(x: torch.Tensor, in_channels: int, multiple: int, model: st
     if x.shape[1] != in_channels:
         raise ValueError(f"{model}: expected {in_channels} input channel(s), got {x.shape[1]} "
                          f"(input shape {tuple(x.shape)}); build the model with in_channels={x.shape[1]}")
+
+
+def pixel_shuffle_channels_last(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``b h w (p1 p2 c) -> b (h p1) (w p2) c``: the channels-last pixel shuffle of VM-UNet, Swin-UNet and
+    MambaVision's decoders (channels read as (p1, p2, c), not ``nn.PixelShuffle``'s (c, p1, p2))."""
+    B, H, W, C = x.shape
+    c = C // (p * p)
+    return x.view(B, H, W, p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(B, H * p, W * p, c)

@@ -39,6 +39,8 @@ import torch.nn as nn
 
 from mambaseg.ops import selective_scan
 
+from .ssm_init import dt_bias, init_dt_weight_, s4d_real_a_log
+
 __all__ = ["Mamba", "mamba_param_count"]
 
 
@@ -103,17 +105,11 @@ class Mamba(nn.Module):
         if self.A_log.is_meta:
             return
         dt_min, dt_max, dt_init, dt_scale, dt_init_floor = self._dt_cfg
-        s = self.dt_rank ** -0.5 * dt_scale
-        if dt_init == "constant":
-            nn.init.constant_(self.dt_proj.weight, s)
-        else:
-            nn.init.uniform_(self.dt_proj.weight, -s, s)
+        init_dt_weight_(self.dt_proj.weight, self.dt_rank, dt_scale, dt_init)
         e = self.d_inner
-        dt = torch.exp(torch.rand(e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))        # inverse softplus
+        self.dt_proj.bias.copy_(dt_bias(e, dt_min, dt_max, dt_init_floor))        # inverse softplus
         self.dt_proj.bias._no_reinit = True
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand(e, -1))
+        self.A_log.copy_(s4d_real_a_log(e, self.d_state))
         self.D.fill_(1.0)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from mambaseg.ops import selective_scan
 
-from .layers import DropPath, Mlp
+from .layers import DropPath, Mlp, pixel_shuffle_channels_last
+from .ssm_init import dt_bias, init_dt_weight_, s4d_real_a_log
 
 __all__ = ["MambaVisionStem", "ConvBlock", "Downsample", "MambaVisionMixer", "Attention", "Block",
            "attention_block_indices", "window_partition", "window_reverse", "pad_to_window", "MambaVisionLayer",
@@ -161,18 +162,12 @@ class MambaVisionMixer(nn.Module):
         self.in_proj = nn.Linear(d_model, self.d_inner, bias=bias)
         self.x_proj = nn.Linear(half, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, half, bias=True)
-        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"MambaVisionMixer: dt_init must be 'random' or 'constant', got {dt_init!r}")
         with torch.no_grad():
-            if dt_init == "constant":
-                nn.init.constant_(self.dt_proj.weight, dt_init_std)
-            elif dt_init == "random":
-                nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
-            else:
-                raise ValueError(f"MambaVisionMixer: dt_init must be 'random' or 'constant', got {dt_init!r}")
-            dt = torch.exp(torch.rand(half) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(half, 1))
+            init_dt_weight_(self.dt_proj.weight, self.dt_rank, dt_scale, dt_init)
+            self.dt_proj.bias.copy_(dt_bias(half, dt_min, dt_max, dt_init_floor))  # inverse softplus
+        self.A_log = nn.Parameter(s4d_real_a_log(half, d_state))
         self.D = nn.Parameter(torch.ones(half))
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
@@ -396,15 +391,6 @@ class MambaVisionLayer(nn.Module):
         return x
 
 
-def _expand_pixels(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B, H, W, s*s*c) -> (B, H*s, W*s, c), channels read as (p1, p2, c) (einops ``b h w (p1 p2 c)``; note this
-    is not ``pixel_shuffle``'s (c, p1, p2) order)."""
-    B, H, W, Cs = x.shape
-    c = Cs // (scale * scale)
-    x = x.view(B, H, W, scale, scale, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(B, H * scale, W * scale, c)
-
-
 class PatchExpand2D(nn.Module):
     """x2 patch expansion, channels-first: (B, 2*dim, H, W) -> (B, dim, 2H, 2W).
 
@@ -425,7 +411,7 @@ class PatchExpand2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.expand(x.permute(0, 2, 3, 1))
-        x = self.norm(_expand_pixels(x, self.dim_scale))
+        x = self.norm(pixel_shuffle_channels_last(x, self.dim_scale))
         return x.permute(0, 3, 1, 2)
 
 
@@ -450,5 +436,5 @@ class FinalPatchExpand2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.expand(x.permute(0, 2, 3, 1))
-        x = self.norm(_expand_pixels(x, self.dim_scale))
+        x = self.norm(pixel_shuffle_channels_last(x, self.dim_scale))
         return x.permute(0, 3, 1, 2)

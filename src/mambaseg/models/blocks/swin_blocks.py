@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .layers import DropPath, Mlp, trunc_normal_
+from .layers import DropPath, Mlp, pixel_shuffle_channels_last, trunc_normal_
 
 __all__ = ["window_partition", "window_reverse", "relative_position_index", "shifted_window_mask",
            "WindowAttention", "SwinTransformerBlock", "PatchEmbed", "PatchMerging", "PatchExpand",
@@ -227,9 +227,8 @@ def _pixel_unshuffle_tokens(x: torch.Tensor, H: int, W: int, scale: int) -> torc
     """(B, H*W, s*s*c) with channels ordered (p1, p2, c) -> (B, sH*sW, c): token (h, w)'s chunk (p1, p2) goes to
     pixel (h*s + p1, w*s + p2)."""
     B, L, C = x.shape
-    c = C // (scale * scale)
-    x = x.view(B, H, W, scale, scale, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(B, H * scale * W * scale, c)
+    x = pixel_shuffle_channels_last(x.view(B, H, W, C), scale)
+    return x.reshape(B, H * scale * W * scale, x.shape[-1])
 
 
 class PatchExpand(nn.Module):

@@ -169,6 +169,7 @@ class NNUNetMambaBase(nn.Module):
     arch_name = "nnU-Net"
     #: modules the encoder uses (``create_model(..., features_only=True)`` keeps only these)
     encoder_modules = ("encoder", "mamba_layer")
+    returns_list = lambda self: deep_supervision_active(self.deep_supervision, self.training)  # noqa: E731 (contract)
 
     @property
     def downsample_factor(self) -> int:  # read by the engine's size check

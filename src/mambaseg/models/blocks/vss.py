@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from mambaseg.ops import cross_selective_scan
 
-from .layers import DropPath, check_input_size, init_linear_and_norms
+from .layers import DropPath, check_input_size, init_linear_and_norms, pixel_shuffle_channels_last
+from .ssm_init import dt_bias, init_dt_weight_, s4d_real_a_log
 
 __all__ = ["VSSMEncoder", "SS2D", "VSSBlock", "VSSLayer", "VSSLayerUp", "PatchEmbed2D", "PatchMerging2D", "PatchExpand2D",
            "FinalPatchExpand2D", "PatchExpand", "FinalPatchExpandX4", "VSSEncoder", "init_vss_weights",
@@ -113,17 +114,11 @@ class SS2D(nn.Module):
         D, N = self.d_inner, self.d_state
         # nn.Linear default (kaiming_uniform, a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = D.
         nn.init.uniform_(self.x_proj_weight, -D ** -0.5, D ** -0.5)
-        std = self.dt_rank ** -0.5 * dt_scale
-        if dt_init == "constant":
-            nn.init.constant_(self.dt_projs_weight, std)
-        else:
-            nn.init.uniform_(self.dt_projs_weight, -std, std)
-        # softplus(bias) = dt ~ logU[dt_min, dt_max], floored; bias = inverse softplus(dt).
-        dt = torch.exp(torch.rand(self.K, D) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_weight_(self.dt_projs_weight, self.dt_rank, dt_scale, dt_init)
+        # softplus(bias) = dt ~ logU[dt_min, dt_max], floored (blocks.ssm_init)
+        self.dt_projs_bias.copy_(dt_bias((self.K, D), dt_min, dt_max, dt_init_floor))
         # S4D-real: A = -(1..N) per row, stored as log; D skip = 1.
-        self.A_logs.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).expand(self.K * D, N))
+        self.A_logs.copy_(s4d_real_a_log(self.K * D, N))
         self.Ds.fill_(1.0)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,13 +281,6 @@ class PatchMerging2D(nn.Module):
                              f"by 32 (4 for the patch embedding x 2 per merge)")
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
-
-
-def pixel_shuffle_channels_last(x: torch.Tensor, p: int) -> torch.Tensor:
-    """``b h w (p1 p2 c) -> b (h p1) (w p2) c`` (the channel-last pixel shuffle of VM-UNet / Swin-UNet)."""
-    B, H, W, C = x.shape
-    c = C // (p * p)
-    return x.view(B, H, W, p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(B, H * p, W * p, c)
 
 
 class PatchExpand2D(nn.Module):

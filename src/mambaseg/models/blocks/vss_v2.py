@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from mambaseg.ops import cross_merge, cross_scan, selective_scan
 
 from .layers import DropPath, init_linear_and_norms
+from .ssm_init import dt_bias, init_dt_weight_, s4d_real_a_log
 
 __all__ = ["Linear2d", "LayerNorm2d", "SS2Dv2", "VSSBlockV2", "MlpV2", "parse_forward_type", "patch_embed_v2",
            "downsample_v3", "init_vss_v2_weights", "vss_stage"]
@@ -154,12 +155,9 @@ class SS2Dv2(nn.Module):
         dt_min, dt_max, floor, scale = self._dt_cfg
         D, N = self.d_inner, self.d_state
         nn.init.uniform_(self.x_proj_weight, -D ** -0.5, D ** -0.5)
-        std = self.dt_rank ** -0.5 * scale
-        nn.init.uniform_(self.dt_projs_weight, -std, std)
-        dt = torch.exp(torch.rand(self.K, D) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.A_logs.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).expand(self.K * D, N))
+        init_dt_weight_(self.dt_projs_weight, self.dt_rank, scale, "random")
+        self.dt_projs_bias.copy_(dt_bias((self.K, D), dt_min, dt_max, floor))
+        self.A_logs.copy_(s4d_real_a_log(self.K * D, N))
         self.Ds.fill_(1.0)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:

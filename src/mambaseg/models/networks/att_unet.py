@@ -108,7 +108,7 @@ class AttentionUNet(ConvUNet, BackboneMixin):
         return maps
 
 
-@register_model("att_unet", paper="Attention U-Net (Oktay et al., MIDL 2018)", default_size=256, family="baseline")
+@register_model("att_unet", paper="Attention U-Net (Oktay et al., MIDL 2018)", family="baseline")
 def att_unet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> AttentionUNet:
     """Attention U-Net baseline: U-Net with additive attention gates on the skips (``base_channels`` 64)."""
     return AttentionUNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

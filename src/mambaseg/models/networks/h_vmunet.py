@@ -279,7 +279,7 @@ class HVMUNet(BackboneMixin, nn.Module):
         return up(self.final(out))
 
 
-@register_model("h_vmunet", paper="H-vmunet (Wu et al., 2024, arXiv:2403.13642)", default_size=256)
+@register_model("h_vmunet", paper="H-vmunet (Wu et al., 2024, arXiv:2403.13642)")
 def h_vmunet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> HVMUNet:
     """H-vmunet: high-order 2-D selective scans (H_SS2D) in HorNet-style blocks, SC attention bridge; logits."""
     return HVMUNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -179,6 +179,7 @@ class HMTUNet(BackboneMixin, nn.Module):
     """
 
     downsample_factor = 32  # input H and W must be multiples of it (read by the engine's size check)
+    default_input_size = 256
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, dim: int = 80, in_dim: int = 32,
                  depths: Sequence[int] = (1, 3, 8, 4), num_heads: Sequence[int] = (2, 4, 8, 16),
@@ -379,7 +380,7 @@ def _build(size: str, decoder: str, in_channels: int, num_classes: int, kwargs: 
     return HMTUNet(in_channels=in_channels, num_classes=num_classes, decoder=decoder, **cfg)
 
 
-@register_model("hmt_unet", paper=PAPER, default_size=256, upstream="simzhangbest/HMT-Unet@2e84d2d3")
+@register_model("hmt_unet", paper=PAPER, upstream="simzhangbest/HMT-Unet@2e84d2d3")
 def hmt_unet(in_channels: int = 3, num_classes: int = 1, size: str = "tiny", **kwargs) -> HMTUNet:
     """HMT-UNet as in the upstream code (hybrid blocks in every decoder stage).
 
@@ -387,19 +388,19 @@ def hmt_unet(in_channels: int = 3, num_classes: int = 1, size: str = "tiny", **k
     return _build(size, "code", in_channels, num_classes, kwargs)
 
 
-@register_model("hmt_unet_small", paper=PAPER, default_size=256)
+@register_model("hmt_unet_small", paper=PAPER)
 def hmt_unet_small(in_channels: int = 3, num_classes: int = 1, **kwargs) -> HMTUNet:
     """HMT-UNet (upstream code) at MambaVision-S widths."""
     return _build("small", "code", in_channels, num_classes, kwargs)
 
 
-@register_model("hmt_unet_base", paper=PAPER, default_size=256)
+@register_model("hmt_unet_base", paper=PAPER)
 def hmt_unet_base(in_channels: int = 3, num_classes: int = 1, **kwargs) -> HMTUNet:
     """HMT-UNet (upstream code) at MambaVision-B widths (layer scale 1e-5)."""
     return _build("base", "code", in_channels, num_classes, kwargs)
 
 
-@register_model("hmt_unet_paper", paper=PAPER, default_size=256)
+@register_model("hmt_unet_paper", paper=PAPER)
 def hmt_unet_paper(in_channels: int = 3, num_classes: int = 1, size: str = "tiny", **kwargs) -> HMTUNet:
     """HMT-UNet as the paper describes it (conv decoder stages at the two high-resolution levels).
 

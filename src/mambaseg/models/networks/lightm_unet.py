@@ -189,7 +189,7 @@ class LightMUNet(BackboneMixin, nn.Module):
         return self.conv_final(x)
 
 
-@register_model("lightm_unet", paper="LightM-UNet (Liao et al., 2024, arXiv:2403.05246)", default_size=256)
+@register_model("lightm_unet", paper="LightM-UNet (Liao et al., 2024, arXiv:2403.05246)")
 def lightm_unet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> LightMUNet:
     """LightM-UNet 2-D as its nnU-Net trainer builds it (32 filters, blocks [1,2,2,4] / [1,1,1]), 5.01 M params."""
     return LightMUNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -124,7 +124,7 @@ class MambaUNet(BackboneMixin, nn.Module):
         return self.mamba_unet(x)
 
 
-@register_model("mamba_unet", paper="Mamba-UNet (Wang et al., 2024, arXiv:2402.05079)", default_size=224)
+@register_model("mamba_unet", paper="Mamba-UNet (Wang et al., 2024, arXiv:2402.05079)")
 def mamba_unet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> MambaUNet:
     """Mamba-UNet, paper config (VMamba-tiny widths, depth 2 in every encoder/decoder stage), 224x224."""
     return MambaUNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -42,10 +42,10 @@ import torch
 import torch.nn as nn
 
 from ..backbone import BackboneMixin
-from ..blocks.layers import check_input_size
+from ..blocks.layers import check_input_size, pixel_shuffle_channels_last
 from ..pretrained import PretrainedMismatchError, PretrainedReport, copy_matching, register_pretrained_loader
 from ..registry import register_model
-from ..blocks.vss import pixel_shuffle_channels_last, stage_drop_path_rates
+from ..blocks.vss import stage_drop_path_rates
 from ..blocks.vss_v2 import Linear2d, downsample_v3, init_vss_v2_weights, patch_embed_v2, vss_stage
 
 __all__ = ["MSVMUNet", "MSVMEncoder", "MSVMDecoder", "LKPE", "FLKPE", "MSMlp", "load_vmamba_v2_into_msvm_unet"]
@@ -284,7 +284,7 @@ def load_vmamba_v2_into_msvm_unet(model: MSVMUNet, state_dict, report: Pretraine
 register_pretrained_loader(MSVMUNet)(load_vmamba_v2_into_msvm_unet)
 
 
-@register_model("msvm_unet", paper="MSVM-UNet (Chen et al., 2024, arXiv:2408.13735)", default_size=224)
+@register_model("msvm_unet", paper="MSVM-UNet (Chen et al., 2024, arXiv:2408.13735)")
 def msvm_unet(in_channels: int = 3, num_classes: int = 9, **kwargs) -> MSVMUNet:
     """MSVM-UNet: VMamba v2 tiny encoder (d_state 1), LKPE + multi-scale VSS decoder, 224x224."""
     return MSVMUNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

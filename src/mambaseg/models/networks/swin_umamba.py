@@ -141,7 +141,7 @@ def load_vmamba_into_swin_umamba(model: SwinUMamba, state_dict, report):
 register_pretrained_loader(SwinUMamba)(load_vmamba_into_swin_umamba)
 
 
-@register_model("swin_umamba", paper="Swin-UMamba (Liu et al., MICCAI 2024, arXiv:2402.03302)", default_size=256)
+@register_model("swin_umamba", paper="Swin-UMamba (Liu et al., MICCAI 2024, arXiv:2402.03302)")
 def swin_umamba(in_channels: int = 3, num_classes: int = 1, **kwargs) -> SwinUMamba:
     """Swin-UMamba: conv stem + VMamba-T v0 encoder, UNETR-style residual CNN decoder, 4 heads."""
     return SwinUMamba(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -154,7 +154,7 @@ def load_vmamba_into_swin_umamba_d(model: SwinUMambaD, state_dict, report):
 register_pretrained_loader(SwinUMambaD)(load_vmamba_into_swin_umamba_d)
 
 
-@register_model("swin_umamba_d", paper="Swin-UMamba† (Liu et al., MICCAI 2024, arXiv:2402.03302)", default_size=256)
+@register_model("swin_umamba_d", paper="Swin-UMamba† (Liu et al., MICCAI 2024, arXiv:2402.03302)")
 def swin_umamba_d(in_channels: int = 3, num_classes: int = 1, **kwargs) -> SwinUMambaD:
     """Swin-UMamba†: VMamba-T v0 encoder (4x4 patch embed), VSS decoder with PatchExpand, 4 heads."""
     return SwinUMambaD(in_channels=in_channels, num_classes=num_classes, **kwargs)

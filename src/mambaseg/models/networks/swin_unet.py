@@ -107,6 +107,13 @@ class SwinUNet(BackboneMixin, nn.Module):
         patch_norm: LayerNorm after the patch embedding. Default True.
     """
 
+    default_input_size = 224  # the constructor's img_size default
+
+    @property
+    def fixed_input_size(self) -> Tuple[int, int]:
+        """The position tables and shift masks are built for ``img_size``: the only size this network takes."""
+        return self.img_size
+
     def __init__(self, in_channels: int = 3, num_classes: int = 1, img_size: Union[int, Tuple[int, int]] = 224,
                  patch_size: int = 4, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 2, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: Optional[int] = None,
@@ -206,7 +213,7 @@ class SwinUNet(BackboneMixin, nn.Module):
         return self.output(x.view(B, H, W, -1).permute(0, 3, 1, 2))
 
 
-@register_model("swin_unet", paper="Swin-Unet (Cao et al., ECCV Workshops 2022)", default_size=224,
+@register_model("swin_unet", paper="Swin-Unet (Cao et al., ECCV Workshops 2022)",
                 family="baseline")
 def swin_unet(in_channels: int = 3, num_classes: int = 1, img_size=224, **kwargs) -> SwinUNet:
     """Swin-UNet baseline: Swin-T width (embed_dim 96), depths [2,2,2,2], window 7 at 224 (8 at 256)."""

@@ -235,8 +235,7 @@ class UltraLightVMUNet(BackboneMixin, nn.Module):
         return torch.sigmoid(out) if self.output == "probabilities" else out
 
 
-@register_model("ultralight_vm_unet", paper="UltraLight VM-UNet (Wu et al., Patterns 2025, arXiv:2403.20035)",
-                default_size=256)
+@register_model("ultralight_vm_unet", paper="UltraLight VM-UNet (Wu et al., Patterns 2025, arXiv:2403.20035)")
 def ultralight_vm_unet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> UltraLightVMUNet:
     """UltraLight VM-UNet, c_list [8,16,24,32,48,64], SC-Att bridge, 49,457 parameters; logits."""
     return UltraLightVMUNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

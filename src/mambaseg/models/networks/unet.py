@@ -38,7 +38,7 @@ class UNet(ConvUNet, BackboneMixin):
     up_block = UpBlock
 
 
-@register_model("unet", paper="U-Net (Ronneberger et al., MICCAI 2015)", default_size=256, family="baseline")
+@register_model("unet", paper="U-Net (Ronneberger et al., MICCAI 2015)", family="baseline")
 def unet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> UNet:
     """U-Net baseline: double 3x3 conv + BN, 4 levels, base width 64 (``base_channels``), transposed-conv up."""
     return UNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -59,6 +59,10 @@ class UNetPlusPlus(BackboneMixin, nn.Module):
     """
 
     downsample_factor = 16
+    default_input_size = 256
+
+    def returns_list(self) -> bool:  # the model contract's output kind
+        return bool(self.deep_supervision) and self.training
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, base_channels: int = 64,
                  deep_supervision: bool = False, ds_eval: str = "mean"):
@@ -118,7 +122,7 @@ class UNetPlusPlus(BackboneMixin, nn.Module):
         return outs[-1] if self.ds_eval == "last" else torch.stack(outs, 0).mean(0)
 
 
-@register_model("unet_pp", paper="UNet++ (Zhou et al., DLMIA 2018)", default_size=256, family="baseline")
+@register_model("unet_pp", paper="UNet++ (Zhou et al., DLMIA 2018)", family="baseline")
 def unet_pp(in_channels: int = 3, num_classes: int = 1, **kwargs) -> UNetPlusPlus:
     """UNet++ baseline: nested dense skips, optional deep supervision (``base_channels`` 64)."""
     return UNetPlusPlus(in_channels=in_channels, num_classes=num_classes, **kwargs)

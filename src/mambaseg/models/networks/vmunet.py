@@ -129,7 +129,7 @@ class VMUNet(BackboneMixin, nn.Module):
         return self.vmunet(x)
 
 
-@register_model("vmunet", paper="VM-UNet (Ruan & Xiang, 2024, arXiv:2402.02491)", default_size=256)
+@register_model("vmunet", paper="VM-UNet (Ruan & Xiang, 2024, arXiv:2402.02491)")
 def vmunet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> VMUNet:
     """VM-UNet, paper config (encoder [2,2,2,2], decoder [2,2,2,1], VMamba v0 blocks), 256x256."""
     return VMUNet(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -226,7 +226,7 @@ class VMUNetV2(BackboneMixin, nn.Module):
         return seg3
 
 
-@register_model("vmunet_v2", paper="VM-UNetV2 (Zhang et al., 2024, arXiv:2403.09157)", default_size=256)
+@register_model("vmunet_v2", paper="VM-UNetV2 (Zhang et al., 2024, arXiv:2403.09157)")
 def vmunet_v2(in_channels: int = 3, num_classes: int = 1, **kwargs) -> VMUNetV2:
     """VM-UNetV2, repository config (encoder [2,2,9,2], SDI decoder width 48, deep supervision), 256x256."""
     return VMUNetV2(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -1,6 +1,18 @@
-"""``mambaseg fit|validate|test`` : LightningCLI over ``SegmentationModule`` + ``SegDataModule``.
+"""Run a fit, a test or a prediction: the engine's run API, and the run policy behind ``mambaseg fit|validate|test``.
 
-On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overrides) this adds:
+Python use (what ``mambaseg fit`` / ``test`` / ``predict``, ``mambaseg demo`` and ``mambaseg compare`` call)::
+
+    from mambaseg.engine.run import fit, test, predict
+
+    cli = fit("demo", {"run_dir": "runs/a", "trainer.max_epochs": 5, "model.model_kwargs": {"embed_dim": 32}})
+    cli.model.test_results["summary"]["dice"]           # the test after fit (unless test_after_fit is false)
+    test("demo", "runs/a/checkpoints/best.ckpt")        # writes runs/a/test-2/...
+    predict("runs/a/checkpoints/best.ckpt", ["images/"], "preds/")
+
+``config`` is a YAML path or the name of a shipped config (:mod:`mambaseg.engine.configs`); ``overrides`` a
+mapping of dotted keys to values (non-strings are passed as JSON) or the flags ``mambaseg fit`` takes.
+
+:class:`MambaSegCLI` is LightningCLI over ``SegmentationModule`` + ``SegDataModule``; on top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overrides) this adds:
 
 * ``--run_dir``: where a run lives (see ``mambaseg.engine.runs``); ``fit`` refuses a directory that already holds
   a run unless ``--resume true`` (continues from ``checkpoints/last.ckpt``); ``validate``/``test`` write into a
@@ -22,25 +34,32 @@ On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overri
 
 from __future__ import annotations
 
-import difflib
+import json
 import os
 import re
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from mambaseg.engine.datamodule import SegDataModule
-from mambaseg.engine.errors import MambasegUserError
-from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
-from mambaseg.engine.io import AtomicCheckpointIO, check_mambaseg_checkpoint, check_writable, load_checkpoint
-from mambaseg.engine.runs import (RandomStateCallback, ResumeHintCallback, RunInfoCallback, check_run_dir,
-                                  is_child_process, make_checkpoint_callbacks, next_free_dir, write_test_outputs)
+from mambaseg.data.hints import hint_style
 
-__all__ = ["MambaSegCLI", "MambaSegArgumentParser", "run_cli"]
+from .configs import resolve_config_path
+from .datamodule import SegDataModule
+from .devices import check_accelerator, check_device
+from .errors import MambasegUserError, close_matches
+from .io import AtomicCheckpointIO, check_mambaseg_checkpoint, check_writable, load_checkpoint
+from .module import SegmentationModule, check_checkpoint_compatible
+from .precision import with_precision
+from .predict import PredictResult, load_module, predict_paths
+from .runs import (RandomStateCallback, ResumeHintCallback, RunInfoCallback, check_run_dir, is_child_process,
+                   make_checkpoint_callbacks, next_free_dir, write_test_outputs)
+
+__all__ = ["fit", "test", "validate", "predict", "build", "config_args", "MambaSegCLI", "MambaSegArgumentParser",
+           "run_cli"]
 
 _KEY_PATTERNS = (
     re.compile(r"Key ['\"]([\w.\-]+)['\"] is not expected"),
@@ -102,7 +121,7 @@ class MambaSegArgumentParser(LightningArgumentParser):
                 choices = _all_keys(parser) or _all_keys(self)
                 prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
                 pool = [c for c in choices if c.startswith(prefix)] or choices
-                near = difflib.get_close_matches(key, pool, n=3, cutoff=0.6)
+                near = close_matches(key, pool, n=3, cutoff=0.6)
                 dash = "" if key in str(message) and "--" + key not in str(message) else "--"
                 what = "option" if dash else "config key"
                 if near:
@@ -166,7 +185,6 @@ class MambaSegCLI(LightningCLI):
         sub = self.subcommand
         cfg = self.config[sub] if sub else self.config
         child = is_child_process()
-        from mambaseg.engine.devices import check_accelerator
         trainer_cfg = cfg.get("trainer") or {}
         check_accelerator(trainer_cfg.get("accelerator"), trainer_cfg.get("devices"))
         if sub is None:  # run=False (Python use): no run-directory policy, nothing is written here
@@ -300,6 +318,97 @@ def _training_run(ckpt: Optional[str]) -> Optional[str]:
 
 
 def run_cli(args: List[str]) -> MambaSegCLI:
-    from mambaseg.data.hints import hint_style
+    """``mambaseg fit|validate|test ARGS`` (``args[0]`` is the subcommand), with fix hints in flag syntax."""
     with hint_style("cli"):  # fix hints in flag syntax (--data.dataset_kwargs '{...}'), not Python keywords
         return MambaSegCLI(args=args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run API
+Overrides = Union[Mapping[str, Any], Sequence[str], None]
+
+
+def config_args(config: Optional[str] = None, overrides: Overrides = None) -> List[str]:
+    """The parser arguments of ``config`` (a YAML path or a shipped config's name) plus ``overrides``: a mapping
+    ``{"trainer.max_epochs": 5, "model.model_kwargs": {...}}`` (values that are not strings go as JSON) or a list
+    of flags as ``mambaseg fit`` takes them."""
+    args: List[str] = []
+    if config is not None:
+        args += ["--config", resolve_config_path(str(config))]
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            key = str(key)
+            args += [key if key.startswith("-") else "--" + key,
+                     value if isinstance(value, str) else json.dumps(value)]
+    elif overrides is not None:
+        if isinstance(overrides, str):
+            raise TypeError("overrides is a mapping or a list of flags, not one string")
+        args += [str(a) for a in overrides]
+    return args
+
+
+def _extra(callbacks: Sequence[Any]) -> dict:
+    return {"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}
+
+
+def fit(config: Optional[str] = None, overrides: Overrides = None, *, callbacks: Sequence[Any] = ()) -> MambaSegCLI:
+    """Train as ``mambaseg fit`` does (run directory, ``resume``, checkpoints, the data check first, then the test
+    of the best checkpoint and its report unless ``test_after_fit`` is false). ``callbacks``: extra Lightning
+    callbacks. Returns the finished :class:`MambaSegCLI` (``.model``, ``.datamodule``, ``.trainer``;
+    ``.model.test_results`` holds the test after fit)."""
+    return MambaSegCLI(args=["fit", *config_args(config, overrides)], **_extra(callbacks))
+
+
+def test(config: Optional[str] = None, ckpt_path: Optional[str] = None, overrides: Overrides = None, *,
+         callbacks: Sequence[Any] = ()) -> MambaSegCLI:
+    """Evaluate ``ckpt_path`` on the test split as ``mambaseg test`` does (a fresh ``<run>/test-N`` folder with
+    ``per_case.csv``, ``summary.json``, ``report.md``)."""
+    args = ["test", *config_args(config, overrides)]
+    if ckpt_path is not None:
+        args += ["--ckpt_path", str(ckpt_path)]
+    return MambaSegCLI(args=args, **_extra(callbacks))
+
+
+def validate(config: Optional[str] = None, ckpt_path: Optional[str] = None,
+             overrides: Overrides = None) -> MambaSegCLI:
+    """As :func:`test`, on the validation split (``mambaseg validate``)."""
+    args = ["validate", *config_args(config, overrides)]
+    if ckpt_path is not None:
+        args += ["--ckpt_path", str(ckpt_path)]
+    return MambaSegCLI(args=args)
+
+
+def build(config: Optional[str] = None, overrides: Overrides = None, trainer: bool = True,
+          cli_class: Optional[type] = None) -> MambaSegCLI:
+    """Parse ``config`` + ``overrides`` and build the model and data module exactly as ``fit`` would, without
+    running anything or writing any file (no run directory). ``trainer=False`` skips building the trainer too;
+    ``cli_class``: a :class:`MambaSegCLI` subclass to use instead."""
+    cls = cli_class or MambaSegCLI
+    if not trainer:
+        class _NoTrainer(cls):
+            def instantiate_trainer(self, **kwargs):
+                return None
+        cls = _NoTrainer
+    return cls(args=config_args(config, overrides), run=False)
+
+
+def predict(ckpt: str, inputs: Sequence[str], out_dir: str, *, overlays: bool = True,
+            threshold: Optional[float] = None, device: str = "cpu", precision: str = "fp32", progress: bool = True,
+            overwrite: bool = False) -> PredictResult:
+    """Predict masks for ``inputs`` (image / NIfTI files or folders) with a checkpoint or pretrained folder, as
+    ``mambaseg predict`` does: the device and the output folder are checked before the checkpoint is read, an
+    output folder holding predictions is refused unless ``overwrite``; unreadable inputs are skipped and listed in
+    the result (and ``OUT/errors.txt``)."""
+    check_device(device)
+    check_writable(out_dir, "output folder", "--out")  # before the checkpoint is read or anything is written
+    if not overwrite:
+        for sub in ("masks", "overlays"):
+            d = os.path.join(out_dir, sub)
+            if os.path.isdir(d) and any(True for _ in os.scandir(d)):
+                raise FileExistsError(f"{d} already holds predictions; choose another --out, or pass --overwrite "
+                                      "to replace files of the same name (nothing was written)")
+    module = load_module(ckpt, device=device)
+    if precision != "fp32":
+        module.net = with_precision(module.net, precision)
+    return predict_paths(module, inputs, out_dir, overlays=overlays, threshold=threshold, progress=progress,
+                         device=device, overwrite=overwrite)
