@@ -37,6 +37,7 @@ from mambaseg.engine.datamodule import SegDataModule
 from mambaseg.engine.errors import MambasegUserError
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
 from mambaseg.engine.io import AtomicCheckpointIO, check_mambaseg_checkpoint, check_writable, load_checkpoint
+from mambaseg.engine.runlock import acquire as acquire_run_lock
 from mambaseg.engine.runs import (RandomStateCallback, ResumeHintCallback, RunInfoCallback, check_run_dir,
                                   is_child_process, make_checkpoint_callbacks, next_free_dir, write_test_outputs)
 
@@ -125,10 +126,15 @@ class MambaSegCLI(LightningCLI):
         self._resume_from: Optional[str] = None
         self._ckpt_data = None  # (path, {"hyper_parameters": ...}) of the checkpoint read up front
         self._args = [str(a) for a in args] if isinstance(args, (list, tuple)) else []
-        super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
-                         parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
-                         auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
-                         parser_kwargs={"default_env": False, "prog": "mambaseg"}, **kwargs)
+        self._run_lock = None  # fit: this process's lock on the run directory (mambaseg.engine.runlock)
+        try:
+            super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
+                             parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
+                             auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                             parser_kwargs={"default_env": False, "prog": "mambaseg"}, **kwargs)
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
 
     def parse_arguments(self, parser, args) -> None:
         # as LightningCLI's, without its warning about sys.argv (our main() always passes args explicitly)
@@ -179,6 +185,7 @@ class MambaSegCLI(LightningCLI):
                 # a read-only run folder is refused before anything is read, built or written
                 check_writable(run_dir, "run directory", "--run_dir")
                 check_writable(os.path.join(run_dir, "checkpoints"), "checkpoint folder", "--run_dir")
+                self._run_lock = acquire_run_lock(run_dir, command="mambaseg " + " ".join(self._args))
                 resume_ckpt = check_run_dir(run_dir, bool(cfg.get("resume")))
                 if resume_ckpt and not cfg.get("ckpt_path"):
                     cfg.ckpt_path = resume_ckpt

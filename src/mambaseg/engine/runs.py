@@ -87,7 +87,8 @@ def pick_resume_checkpoint(run_dir: str) -> str:
     return best
 
 
-_FIT_FILES = ("config.yaml", "hparams.yaml", "metrics.csv", "run.json", "checkpoints", "plots", "lightning_logs")
+_FIT_FILES = ("config.yaml", "hparams.yaml", "metrics.csv", "run.json", "checkpoints", "plots", "lightning_logs",
+              "split.json")
 
 
 def _is_fit_leftover(name: str) -> bool:
@@ -118,8 +119,9 @@ def check_run_dir(run_dir: str, resume: bool) -> Optional[str]:
         raise RunDirExistsError(f"run directory {run_dir!r} already holds a run (checkpoints/"
                                 f"{os.path.basename(ckpts[0])}). Pass --resume true to continue it, or choose "
                                 "another --run_dir; nothing was overwritten")
-    if _has_content(run_dir):
-        names = sorted(e.name for e in os.scandir(run_dir))
+    from .runlock import LOCK_NAME
+    names = sorted(e.name for e in os.scandir(run_dir) if e.name != LOCK_NAME) if os.path.isdir(run_dir) else []
+    if names:  # (this process's own lock file does not count)
         if "config.yaml" not in names or not all(_is_fit_leftover(n) for n in names):
             raise RunDirExistsError(f"run directory {run_dir!r} already holds files ({', '.join(names[:5])}"
                                     f"{', ...' if len(names) > 5 else ''}) but no mambaseg run (no config.yaml, no "
