@@ -33,6 +33,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from mambaseg.engine.allowlist import config_import_policy, denied_import_message, denied_path, pop_allow_flags
 from mambaseg.engine.datamodule import SegDataModule
 from mambaseg.engine.errors import MambasegUserError
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
@@ -97,7 +98,9 @@ class MambaSegArgumentParser(LightningArgumentParser):
             return super().error(message, ex)  # an inner parse that raises; the outer parser reports it
         parser = getattr(ex, "subcommand_parser", None) or self
         lines = []
-        for pat in _KEY_PATTERNS:
+        if denied_path(message) or denied_path(ex):  # a config naming code outside the allow-list
+            lines.append(denied_import_message(denied_path(message) or denied_path(ex)))
+        for pat in _KEY_PATTERNS if not lines else ():
             for m in pat.finditer(str(message)):
                 key = m.group(1).lstrip("-")
                 choices = _all_keys(parser) or _all_keys(self)
@@ -125,14 +128,21 @@ class MambaSegCLI(LightningCLI):
         self._out_dir: Optional[str] = None
         self._resume_from: Optional[str] = None
         self._ckpt_data = None  # (path, {"hyper_parameters": ...}) of the checkpoint read up front
+        if isinstance(args, (list, tuple)):  # --allow_import PKG: packages a config may name code from
+            args, allow = pop_allow_flags(args)
+        else:
+            allow = []
         self._args = [str(a) for a in args] if isinstance(args, (list, tuple)) else []
         self._run_lock = None  # fit: this process's lock on the run directory (mambaseg.engine.runlock)
+        self._import_policy = config_import_policy(allow)
+        self._import_policy.__enter__()
         try:
             super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
                              parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
                              auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
                              parser_kwargs={"default_env": False, "prog": "mambaseg"}, **kwargs)
         finally:
+            self._import_policy.__exit__(None, None, None)
             if self._run_lock is not None:
                 self._run_lock.release()
 
