@@ -103,6 +103,9 @@ def _cmd_models(args) -> int:
         raise MambasegUserError(f"no registered model matches {args.pattern!r}"
                                 f"{near_matches(args.pattern or '', list_models())}")
     if args.profile:
+        if args.size is not None:
+            from mambaseg.models.limits import check_input_size
+            check_input_size([args.size, args.size], "--size")
         try:
             from mambaseg.profiling import profile_table
         except ImportError:

@@ -152,6 +152,8 @@ class SegmentationModule(pl.LightningModule):
         from mambaseg.models import create_model
         from mambaseg.models.registry import UnknownModelKwargError
         self.out_channels = 1 if num_classes == 2 else num_classes
+        from mambaseg.models.limits import check_model_memory
+        check_model_memory(model, in_channels, self.out_channels, model_kwargs, where="model")  # before allocating
         try:
             self.net = create_model(model, in_channels=in_channels, num_classes=self.out_channels,
                                     pretrained=pretrained, **dict(model_kwargs or {}))

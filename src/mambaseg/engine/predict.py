@@ -57,6 +57,9 @@ def load_module(ckpt: str, device: str = "cpu"):
         return load_folder_module(ckpt, device=device)
     from .io import check_mambaseg_checkpoint, load_checkpoint
     from .module import SegmentationModule
+    if os.path.isdir(ckpt):  # a folder that is no pretrained folder: say what it lacks
+        from mambaseg.models.hub import not_a_model_folder
+        raise MambasegUserError(not_a_model_folder(ckpt))
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist (expected RUN/checkpoints/best.ckpt)")
     data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
