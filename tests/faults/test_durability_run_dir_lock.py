@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import mambaseg.cli.lightning_cli  # noqa: F401  (Lightning's log handlers bind to the session's stderr, not capsys')
 from mambaseg.cli.main import main
 from mambaseg.engine.module import SegmentationModule
 
