@@ -219,6 +219,11 @@ def _user_errors():
     return tuple(errs)
 
 
+def _training_errors():
+    from mambaseg.engine.errors import TrainingDivergedError
+    return (TrainingDivergedError,)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input, 1 failure, 3 finished with skipped inputs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -266,6 +271,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _training_errors() as e:  # training stopped on a non-finite loss: one line, exit 1
+        if debug:
+            traceback.print_exc()
+        print(f"\nmambaseg: error: {e}", file=sys.stderr)
+        return 1
     except _user_errors() as e:
         if debug:
             traceback.print_exc()

@@ -112,8 +112,11 @@ def image_header(path, full: bool = False) -> Tuple[int, int]:
         with Image.open(p) as im:
             w, h = im.size
             fmt = im.format
+            floats = im.mode == "F"
             if fmt == "PNG":
                 im.verify()
+        if floats:  # a float image (TIFF) may hold NaN / inf: decoded even in header mode (read_image names them)
+            read_image(p)
         if fmt == "JPEG":
             with open(p, "rb") as f:
                 f.seek(max(0, p.stat().st_size - 4096))
