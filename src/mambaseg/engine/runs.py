@@ -348,7 +348,7 @@ def write_test_outputs(module, out_dir: str, run_dir: Optional[str] = None, name
     policy = res["settings"].get("empty_policy")
     rec.settings["empty_policy"] = policy.get("name") if isinstance(policy, dict) else policy
     report = write_report(run_dir or out_dir, [rec], title=title or f"mambaseg report: {rec.name}", notes=notes)
-    print("\n" + format_metrics_table([rec]))
+    print("\n" + format_metrics_table([rec], warnings=False))  # the warnings once, on stderr (below)
     from .report import empty_warnings
     for w in empty_warnings([rec]):  # also on stderr, where a script watching for problems looks
         print(f"mambaseg: {w}", file=sys.stderr)
