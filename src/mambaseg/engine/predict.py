@@ -247,6 +247,8 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
     binary = hp.num_classes == 2
     net = module.net.to(device).eval()
     it = list(zip(files, names))
+    made: Dict[str, List[str]] = {}  # input -> the outputs this run wrote for it (OUTPUTS_RECORD)
+    n_written = 0
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc="predict", unit="file")
@@ -297,6 +299,12 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
             raise
         except Exception as e:  # skip this file, keep going; listed at the end
             res.errors.append((str(f), f"{type(e).__name__}: {e}"))
+        else:
+            made[str(f.resolve())] = [str(Path(p).relative_to(out)) for p in res.written[n_written:]]
+            made[str(f.resolve())] += [f"overlays/{name}.png"] if overlays and not f.name.lower().endswith(
+                NIFTI_EXTS) else []
+        n_written = len(res.written)
+    _record_outputs(out, made, overwrite)
     res.warnings = conv.messages()
     if res.errors:
         from .io import atomic_write_text
@@ -304,6 +312,33 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
     elif overwrite and (out / "errors.txt").exists():
         (out / "errors.txt").unlink()  # the list of an earlier run into this folder; this one skipped nothing
     return res
+
+
+OUTPUTS_RECORD = ".mambaseg-predict.json"
+
+
+def _record_outputs(out: Path, made: Dict[str, List[str]], overwrite: bool) -> None:
+    """Keep ``OUT/.mambaseg-predict.json`` (input file -> the outputs written for it). With ``overwrite``, an
+    input predicted again loses the outputs an earlier run wrote for it under another name (``a.png.png`` when
+    ``a.jpg`` sat beside it then, ``a.png`` now): the overwrite removes what it replaced, nothing else."""
+    import json
+    path = out / OUTPUTS_RECORD
+    old: Dict[str, List[str]] = {}
+    if path.is_file():
+        try:
+            old = {str(k): [str(x) for x in v] for k, v in dict(json.loads(path.read_text())).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            old = {}
+    if overwrite:
+        now = {x for v in made.values() for x in v}
+        for inp, outputs in made.items():
+            for stale in set(old.get(inp, [])) - set(outputs) - now:
+                target = (out / stale).resolve()
+                if out.resolve() in target.parents and target.is_file():
+                    target.unlink()
+    old.update(made)
+    from .io import atomic_write_text
+    atomic_write_text(str(path), json.dumps(old, indent=1, sort_keys=True))
 
 
 def _fit_channels(arr: np.ndarray, channels: int, axis: int, where: str) -> np.ndarray:
