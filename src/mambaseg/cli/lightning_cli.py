@@ -38,6 +38,7 @@ from mambaseg.engine.datamodule import SegDataModule
 from mambaseg.engine.errors import MambasegUserError
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
 from mambaseg.engine.io import AtomicCheckpointIO, check_mambaseg_checkpoint, check_writable, load_checkpoint
+from mambaseg.engine.progress import progress_bar_callbacks
 from mambaseg.engine.runlock import acquire as acquire_run_lock
 from mambaseg.engine.runs import (RandomStateCallback, ResumeHintCallback, RunInfoCallback, check_run_dir,
                                   is_child_process, make_checkpoint_callbacks, next_free_dir, write_test_outputs)
@@ -235,6 +236,7 @@ class MambaSegCLI(LightningCLI):
             callbacks += make_checkpoint_callbacks(self._out_dir, self.model.hparams.select_on)
             callbacks += [RandomStateCallback(seed), RunInfoCallback(self._out_dir),
                           ResumeHintCallback(self._out_dir, self._args)]
+        callbacks += progress_bar_callbacks(trainer_cfg, callbacks)  # without the meaningless v_num
         kwargs.setdefault("callbacks", callbacks)
         # every checkpoint is written atomically and read with weights_only=True (mambaseg.engine.io)
         plugins = trainer_cfg.get("plugins")
