@@ -219,6 +219,25 @@ def _user_errors():
     return tuple(errs)
 
 
+def _fresh_line() -> None:
+    """End the line of a progress bar that an error interrupted (tqdm leaves the cursor after its last drawing),
+    so that the ``mambaseg: error:`` line starts on a line of its own."""
+    tqdm_cls = sys.modules.get("tqdm.std")
+    bars = [b for b in list(getattr(getattr(tqdm_cls, "tqdm", None), "_instances", None) or [])
+            if not getattr(b, "disable", True)]
+    for b in bars:
+        try:
+            b.close()  # redraws it once and ends its line
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
+    if bars:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+
+
 def _training_errors():
     from mambaseg.engine.errors import TrainingDivergedError
     return (TrainingDivergedError,)
@@ -274,12 +293,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except _training_errors() as e:  # training stopped on a non-finite loss: one line, exit 1
         if debug:
             traceback.print_exc()
-        print(f"\nmambaseg: error: {e}", file=sys.stderr)
+        _fresh_line()
+        print(f"mambaseg: error: {e}", file=sys.stderr)
         return 1
     except _user_errors() as e:
         if debug:
             traceback.print_exc()
         msg = str(e) or type(e).__name__
+        _fresh_line()
         print(f"mambaseg: error: {msg}", file=sys.stderr)
         if not debug:
             print("(set MAMBASEG_DEBUG=1 to see the traceback)", file=sys.stderr)
