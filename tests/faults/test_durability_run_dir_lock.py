@@ -90,3 +90,11 @@ def test_second_compare_on_a_busy_out_is_refused(tmp_path, capsys):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_lock_of_a_refused_fit_leaves_no_folder_behind(tmp_path, capsys):
+    # the lock makes the run directory (and missing parents) first; a fit refused for bad input removes them again
+    run = tmp_path / "a" / "b" / "run"
+    assert main(["fit", *TINY, "--model.model_kwargs", '{"base_chanels": 4}', "--run_dir", str(run)]) == 2
+    assert len(error_lines(capsys.readouterr().err)) == 1
+    assert not (tmp_path / "a").exists()

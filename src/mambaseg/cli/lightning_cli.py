@@ -18,6 +18,9 @@ On top of LightningCLI (YAML configs, ``--print_config``, ``--trainer.*`` overri
 * Every training batch seeds its random generators from ``(seed, epoch, batch)`` (``RandomStateCallback``): a
   resumed run equals an uninterrupted one, drop path and dropout included.
 * Unknown config keys are named with their near matches.
+* ``fit`` locks its run directory (``mambaseg.engine.runlock``): a second process on it is refused in one line.
+* A ``class_path`` or callable in a config resolves only inside lightning, torch, torchmetrics, mambaseg and
+  what ``--allow_import PKG[,PKG]`` adds (``mambaseg.engine.allowlist``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Optional
+from typing import List, Optional
 
 from .errors import MambasegUserError
 
@@ -45,8 +45,8 @@ def lock_owner(folder: str) -> str:
 class RunLock:
     """A held lock (see the module doc); ``release()`` is idempotent."""
 
-    def __init__(self, folder: str, fd: int, made_folder: bool):
-        self.folder, self.fd, self.made_folder = folder, fd, made_folder
+    def __init__(self, folder: str, fd: int, made: List[str]):
+        self.folder, self.fd, self.made = folder, fd, list(made)  # made: the folders acquire() made, innermost first
 
     def release(self) -> None:
         if self.fd is None:
@@ -61,11 +61,11 @@ class RunLock:
         except OSError:  # pragma: no cover
             pass
         self.fd = None
-        if self.made_folder:
+        for d in self.made:
             try:
-                os.rmdir(self.folder)  # only if still empty
+                os.rmdir(d)  # only while empty: a refused fit leaves no empty run directory (nor its parents)
             except OSError:
-                pass
+                break
 
     def __enter__(self) -> "RunLock":
         return self
@@ -84,7 +84,10 @@ def acquire(folder: str, what: str = "run directory", flag: str = "--run_dir",
     if fcntl is None:  # pragma: no cover
         return None
     folder = os.fspath(folder)
-    made = not os.path.isdir(folder)
+    made, p = [], os.path.abspath(folder)
+    while not os.path.isdir(p) and os.path.dirname(p) != p:
+        made.append(p)
+        p = os.path.dirname(p)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_NAME)
     for _ in range(20):
