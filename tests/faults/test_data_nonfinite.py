@@ -122,3 +122,22 @@ def test_nonfinite_loss_stops_with_one_line(what, patch, tmp_path, monkeypatch, 
     assert "synthetic" in line or "train" in line  # the batch's case ids (synthetic data have no files)
     if what == "INPUT":
         assert "1 NaN" in line and "learning rate" not in line
+
+
+def test_check_names_nonfinite_h5_slices_and_volumes(tmp_path, capsys):
+    # the other float formats: ACDC h5 training slices (checked as read) and h5 volumes (full mode)
+    from _data_fault_helpers import acdc_flat, write_h5
+    import h5py
+    root = acdc_flat(tmp_path / "acdc")
+    for name in ("patient001_frame01_slice_1", "patient004_frame01"):
+        path = root / "data" / f"{name}.h5"
+        with h5py.File(path) as f:
+            image, label = np.array(f["image"]), np.array(f["label"])
+        image[..., 0, 0] = np.nan
+        write_h5(path, image, label)
+    rc = main(["check", *tiny_fit_args(root, dataset="acdc", size=16, extra=["--data.check", "full"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    bad = [ln for ln in err.splitlines() if "non-finite" in ln]
+    assert any("patient001_frame01_slice_1" in ln for ln in bad), err
+    assert any("patient004_frame01" in ln and "3 NaN" in ln for ln in bad), err  # 3 slices, one NaN each

@@ -367,6 +367,10 @@ def _check_pair(image: np.ndarray, mask: np.ndarray, where: str):
         raise DataError(f"{where}: mask must be (H, W), got shape {tuple(mask.shape)}")
     if image.shape[:2] != mask.shape:
         raise DataError(f"{where}: image size {tuple(image.shape[:2])} differs from mask size {tuple(mask.shape)}")
+    bad = nonfinite_summary(image)  # any float reader (h5 / npz slices, volumes): NaN / inf never reach a network
+    if bad:
+        raise DataError(f"{where}: image holds non-finite values ({bad}); replace them (e.g. with 0 or the "
+                        "image's minimum) before training or prediction")
 
 
 def to_sample(image: np.ndarray, mask: np.ndarray, meta: dict) -> Dict[str, Any]:
