@@ -98,3 +98,30 @@ def test_lock_of_a_refused_fit_leaves_no_folder_behind(tmp_path, capsys):
     assert main(["fit", *TINY, "--model.model_kwargs", '{"base_chanels": 4}', "--run_dir", str(run)]) == 2
     assert len(error_lines(capsys.readouterr().err)) == 1
     assert not (tmp_path / "a").exists()
+
+
+def test_second_predict_into_a_busy_out_is_refused(tmp_path, capsys):
+    from PIL import Image
+    import numpy as np
+    from _ckpt_helpers import train_one_epoch
+    run = tmp_path / "run"
+    train_one_epoch(run)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(src / "a.png")
+    out = tmp_path / "preds"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mambaseg.engine.runlock import acquire; acquire(sys.argv[1]);"
+         " print('ready', flush=True); time.sleep(300)", str(out)],
+        stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.path.abspath(SRC)))
+    try:
+        assert holder.stdout.readline().strip() == b"ready"
+        capsys.readouterr()
+        rc = main(["predict", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--input", str(src), "--out",
+                   str(out), "--no-progress"])
+        lines = error_lines(capsys.readouterr().err)
+        assert rc == 2 and len(lines) == 1 and f"pid {holder.pid}" in lines[0] and "--out" in lines[0]
+        assert sorted(p.name for p in out.iterdir()) == [".mambaseg.lock"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

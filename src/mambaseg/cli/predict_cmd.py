@@ -42,7 +42,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from mambaseg.engine.devices import check_device
     from mambaseg.engine.io import check_writable
-    from mambaseg.engine.predict import load_module, predict_paths
     check_device(args.device)
     out = args.out
     check_writable(out, "output folder", "--out")  # before the checkpoint is read or anything is written
@@ -53,6 +52,17 @@ def run(args) -> int:
             if os.path.isdir(d) and any(True for _ in os.scandir(d)):
                 raise FileExistsError(f"{d} already holds predictions; choose another --out, or pass --overwrite "
                                       "to replace files of the same name (nothing was written)")
+    from mambaseg.engine.runlock import acquire
+    lock = acquire(out, "output folder", "--out", command="mambaseg predict")  # one predict per --out at a time
+    try:
+        return _run_locked(args, out, overwrite)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(args, out: str, overwrite: bool) -> int:
+    from mambaseg.engine.predict import load_module, predict_paths
     module = load_module(args.ckpt, device=args.device)
     if getattr(args, "precision", "fp32") != "fp32":
         from mambaseg.engine.precision import with_precision
