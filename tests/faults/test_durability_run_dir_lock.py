@@ -125,3 +125,33 @@ def test_second_predict_into_a_busy_out_is_refused(tmp_path, capsys):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_two_evaluations_started_at_once_do_not_share_a_folder(tmp_path, monkeypatch, capsys):
+    # `test` writes into a fresh RUN/test, RUN/test-2, ...; two started at once both found RUN/test free. Here the
+    # other process holds RUN/test and this one is made to see it free (the race), as the real race would.
+    import mambaseg.cli.lightning_cli as lcli
+    from _ckpt_helpers import train_one_epoch
+    run = tmp_path / "run"
+    train_one_epoch(run)
+    busy = run / "test"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mambaseg.engine.runlock import acquire; acquire(sys.argv[1]);"
+         " print('ready', flush=True); time.sleep(300)", str(busy)],
+        stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.path.abspath(SRC)))
+    real, calls = lcli.next_free_dir, []
+
+    def raced(base):
+        calls.append(base)
+        return base if len(calls) <= 2 else real(base)
+
+    monkeypatch.setattr(lcli, "next_free_dir", raced)
+    try:
+        assert holder.stdout.readline().strip() == b"ready"
+        capsys.readouterr()
+        assert main(["test", *TINY, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert sorted(p.name for p in busy.iterdir()) == [".mambaseg.lock"]  # the other's folder untouched
+    assert (run / "test-2" / "summary.json").is_file()

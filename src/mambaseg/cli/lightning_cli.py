@@ -42,7 +42,7 @@ from mambaseg.engine.errors import MambasegUserError
 from mambaseg.engine.module import SegmentationModule, check_checkpoint_compatible
 from mambaseg.engine.io import AtomicCheckpointIO, check_mambaseg_checkpoint, check_writable, load_checkpoint
 from mambaseg.engine.progress import progress_bar_callbacks
-from mambaseg.engine.runlock import acquire as acquire_run_lock
+from mambaseg.engine.runlock import acquire as acquire_run_lock, acquire_free_dir
 from mambaseg.engine.runs import (RandomStateCallback, ResumeHintCallback, RunInfoCallback, check_run_dir,
                                   is_child_process, make_checkpoint_callbacks, next_free_dir, write_test_outputs)
 
@@ -220,6 +220,9 @@ class MambaSegCLI(LightningCLI):
             self._out_dir = os.path.join(base, sub) if child else next_free_dir(os.path.join(base, sub))
             if not child:
                 check_writable(self._out_dir, f"{sub} output folder", "--run_dir")
+                # locked, so that two evaluations started at once never share a folder
+                self._out_dir, self._run_lock = acquire_free_dir(os.path.join(base, sub), next_free_dir,
+                                                                 f"{sub} output folder", "--run_dir")
         cfg.trainer.default_root_dir = self._out_dir
         ckpt = cfg.get("ckpt_path") if sub else None
         if ckpt and ckpt not in ("best", "last"):

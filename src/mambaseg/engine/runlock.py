@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from .errors import MambasegUserError
 
-__all__ = ["LOCK_NAME", "RunDirLockedError", "RunLock", "acquire", "lock_owner"]
+__all__ = ["LOCK_NAME", "RunDirLockedError", "RunLock", "acquire", "acquire_free_dir", "lock_owner"]
 
 LOCK_NAME = ".mambaseg.lock"
 
@@ -115,3 +115,16 @@ def acquire(folder: str, what: str = "run directory", flag: str = "--run_dir",
     os.write(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd}\n".encode())
     lock = RunLock(folder, fd, made)
     return lock
+
+
+def acquire_free_dir(base: str, next_free, what: str, flag: str, command: Optional[str] = None):
+    """``(folder, lock)``: the first free folder ``next_free(base)`` gives (``base``, ``base-2``, ...) that this
+    process could lock. Two processes that found the same folder free at once do not share it: the one that
+    loses the lock takes the next free one."""
+    for _ in range(100):
+        folder = next_free(base)
+        try:
+            return folder, acquire(folder, what, flag, command)
+        except RunDirLockedError:
+            continue
+    raise RunDirLockedError(f"{what}: no free folder next to {base!r} could be locked; choose another {flag}")
