@@ -12,7 +12,6 @@ else, or left files behind). Now each is one line, exit 2, and nothing is left b
 import errno
 import json
 import os
-import shutil
 import stat
 
 import numpy as np

@@ -45,9 +45,10 @@ def pop_allow_flags(args: Sequence[str]) -> Tuple[List[str], List[str]]:
         rest.append(args[i])
         i += 1
     for p in extra:
-        if not all(part.isidentifier() for part in p.split(".")) or p.split(".")[0] in _NEVER:
+        never = p.split(".")[0] in _NEVER
+        if not all(part.isidentifier() for part in p.split(".")) or never:
             raise ConfigImportError(f"{ALLOW_FLAG} {p!r}: give a package or module name (e.g. {ALLOW_FLAG} "
-                                    f"my_callbacks){'; jsonargparse cannot be allowed' if p.split('.')[0] in _NEVER else ''}")
+                                    f"my_callbacks){'; jsonargparse cannot be allowed' if never else ''}")
     return rest, extra
 
 

@@ -213,7 +213,6 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
     ``subprocess``: run each run as its own ``python -m mambaseg fit`` process; default: only when the trainer
     would start several processes (DDP: ``trainer.devices`` > 1 or ``auto``/-1 on a GPU machine, a ``ddp``
     strategy, several nodes), because Lightning's DDP launcher re-runs the command line of the process."""
-    import yaml
     from mambaseg.cli.main import resolve_config_path
     from mambaseg.models import list_models
     from .errors import near_matches

@@ -100,8 +100,9 @@ def nonfinite_step_error(step: int, epoch: int, batch_idx: int, batch, logits, l
     bad_in = nonfinite_summary(image)
     if bad_in:
         per = [n for n, x in zip(names, image) if nonfinite_summary(x)] if len(names) == len(image) else []
-        return TrainingDivergedError(f"{where}: the INPUT is non-finite ({bad_in}{'; in ' + ', '.join(per[:8]) if per else ''}"
-                                     "); fix or drop those images (`mambaseg check --data.check full` lists them)")
+        in_files = "; in " + ", ".join(per[:8]) if per else ""
+        return TrainingDivergedError(f"{where}: the INPUT is non-finite ({bad_in}{in_files}); fix or drop those "
+                                     "images (`mambaseg check --data.check full` lists them)")
     bad_out = nonfinite_summary(logits)
     if bad_out:
         return TrainingDivergedError(f"{where}: the network OUTPUT is non-finite ({bad_out}) for a finite input: the "
