@@ -12,6 +12,8 @@ Needs the optional extra: ``pip install 'mambaseg[export]'`` (onnx, onnxruntime)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import os
@@ -28,6 +30,7 @@ from mambaseg.data.labels import dataset_class_names
 from mambaseg.engine.io import check_mambaseg_checkpoint, load_checkpoint
 from mambaseg.models import create_model, save_pretrained
 from mambaseg.models.contract import SegmentationNetwork
+from mambaseg.models.limits import check_input_size
 from mambaseg.ops import intercept_scans
 from mambaseg.ops.scan_onnx import expand_scan_nodes, selective_scan_onnx
 from mambaseg.utils.convert import as_size
@@ -68,6 +71,51 @@ def _size2(size, spatial_dims: int = 2) -> Tuple[int, ...]:
                           f"got {size!r}") from None
 
 
+def check_chunk(chunk, flag: str = "--chunk") -> Optional[int]:
+    """``chunk`` (scan steps per ONNX Scan iteration) as a positive int, None for the default (16)."""
+    if chunk is None:
+        return None
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ExportError(f"{flag} must be a positive number of scan steps per ONNX Scan iteration, got {chunk!r} "
+                          f"(leave it out for the default, 16)")
+    return chunk
+
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+_NO_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def _leave_nothing(folder: Path, files: Sequence[Path], what: str):
+    """Make ``folder`` (with its missing parents) for writing ``files``; when the block fails, remove the files it
+    made and the folders made here, so a failed export leaves nothing behind. A full disk or a read-only place is
+    one line (``ExportError``)."""
+    made, p = [], Path(folder)
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    existed = {f for f in files if f.exists()}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield
+    except BaseException as e:
+        for f in files:
+            if f not in existed:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+        for d in made:  # innermost first; only while empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(e, OSError) and e.errno in _NO_SPACE or "No space left on device" in str(e):
+            # (safetensors reports ENOSPC as its own error type)
+            raise ExportError(f"disk full while writing {what} into {str(folder)!r} (No space left on device); "
+                              "free space or choose another --out; nothing was left behind") from None
+        if isinstance(e, OSError) and e.errno in _NO_WRITE:
+            raise ExportError(f"cannot write {what} into {str(folder)!r} ({e.strerror}); choose another --out; "
+                              "nothing was left behind") from None
+        raise
+
+
 def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_channels: Optional[int] = None,
             output: str = "logits", opset: int = 17, chunk: Optional[int] = None, dynamic_batch: bool = True,
             overwrite: bool = False, check: bool = True) -> Dict[str, Any]:
@@ -80,6 +128,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
 
     if output not in ("logits", "probabilities"):
         raise ExportError(f"output must be 'logits' or 'probabilities', got {output!r}")
+    chunk = check_chunk(chunk, "chunk")
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another --out or remove it (nothing is overwritten)")
@@ -91,6 +140,8 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
     spatial = _size2(size, model.spatial_dims if network else len(size) if isinstance(size, (tuple, list)) else 2)
     # a mambaseg network states its channels (the contract); a foreign module may say them itself
     c = int(in_channels or (model.in_channels if network else getattr(model, "in_channels", 3)))
+    spatial = check_input_size(spatial, "size", in_channels=c,
+                               num_classes=int(model.num_classes if network else getattr(model, "num_classes", 1)))
     x = torch.zeros(1, c, *spatial)
     was_training = model.training
     net = model.eval()
@@ -100,27 +151,28 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
             wrapped(x)                                              # fail here with the model's own message
     except ValueError as e:
         raise ExportError(f"cannot export at input {c}x{'x'.join(map(str, spatial))}: {e}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.trace.onnx")  # torch's own export, read back below
     t0 = time.perf_counter()
     try:
-        scan = functools.partial(selective_scan_onnx, chunk=chunk)
-        with torch.no_grad(), intercept_scans(lambda fn: scan), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],
-                              output_names=[output], do_constant_folding=True,
-                              dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}} if dynamic_batch else None,
-                              custom_opsets={"mambaseg": 1})
-        proto = onnx.load(str(tmp))
-        n_scan = expand_scan_nodes(proto, chunk)
-        proto.producer_name = "mambaseg"
-        name = getattr(model, "model_name", type(model).__name__)
-        onnx.helper.set_model_props(proto, {"architecture": str(name), "output": output,
-                                            "input_size": "x".join(map(str, spatial)), "in_channels": str(c)})
-        if check:
-            onnx.checker.check_model(proto)
-        with atomic_path(str(path)) as final:
-            onnx.save(proto, final)
+        with _leave_nothing(path.parent, [path, tmp], "the ONNX model"):
+            scan = functools.partial(selective_scan_onnx, chunk=chunk)
+            with torch.no_grad(), intercept_scans(lambda fn: scan), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(wrapped, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],
+                                  output_names=[output], do_constant_folding=True,
+                                  dynamic_axes=({"image": {0: "batch"}, output: {0: "batch"}} if dynamic_batch
+                                                else None),
+                                  custom_opsets={"mambaseg": 1})
+            proto = onnx.load(str(tmp))
+            n_scan = expand_scan_nodes(proto, chunk)
+            proto.producer_name = "mambaseg"
+            name = getattr(model, "model_name", type(model).__name__)
+            onnx.helper.set_model_props(proto, {"architecture": str(name), "output": output,
+                                                "input_size": "x".join(map(str, spatial)), "in_channels": str(c)})
+            if check:
+                onnx.checker.check_model(proto)
+            with atomic_path(str(path)) as final:
+                onnx.save(proto, final)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -166,6 +218,9 @@ def run_onnx(session, x) -> "numpy.ndarray":  # noqa: F821
 def read_training_checkpoint(ckpt: Union[str, os.PathLike]) -> Dict[str, Any]:
     """A ``mambaseg fit`` checkpoint as plain data (``torch.load(weights_only=True)``: nothing is unpickled)."""
     p = Path(ckpt)
+    if p.is_dir():
+        from mambaseg.models.hub import not_a_model_folder
+        raise ExportError(not_a_model_folder(str(p)))
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist (expected RUN/checkpoints/best.ckpt)")
     data = load_checkpoint(str(p))          # weights_only=True; one clear line for a foreign / broken file
@@ -179,6 +234,9 @@ def network_from_checkpoint(data: Dict[str, Any]) -> nn.Module:
     """The network (``create_model``) of a training checkpoint with its weights, eval mode."""
     hp = dict(data["hyper_parameters"])
     out_ch = 1 if int(hp.get("num_classes", 2)) == 2 else int(hp["num_classes"])
+    from mambaseg.models.limits import check_model_memory
+    check_model_memory(hp.get("model", "unet"), int(hp.get("in_channels", 3)), out_ch, hp.get("model_kwargs"),
+                       where="the checkpoint's model")
     net = create_model(hp.get("model", "unet"), in_channels=int(hp.get("in_channels", 3)), num_classes=out_ch,
                        **dict(hp.get("model_kwargs") or {}))
     sd = {k[len("net."):]: v for k, v in data["state_dict"].items() if k.startswith("net.")}
@@ -272,6 +330,8 @@ def checkpoint_to_folder(ckpt: Union[str, os.PathLike], out: Union[str, os.PathL
                 "hyper_parameters": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, bool, list,
                                                                                    dict, type(None)))}}
     card = model_card(hp.get("model", "model"), hp, dm, run_dir, str(ckpt), names)
-    return save_pretrained(net, out, input_size=hp.get("image_size"), preprocessing=preprocessing,
-                           class_names=names, threshold=hp.get("threshold", 0.5), training=training,
-                           model_card=card, overwrite=overwrite)
+    from mambaseg.models.hub import CONFIG_NAME, WEIGHTS_NAME
+    with _leave_nothing(out, [out / CONFIG_NAME, out / WEIGHTS_NAME, out / "README.md"], "the pretrained folder"):
+        return save_pretrained(net, out, input_size=hp.get("image_size"), preprocessing=preprocessing,
+                               class_names=names, threshold=hp.get("threshold", 0.5), training=training,
+                               model_card=card, overwrite=overwrite)

@@ -65,7 +65,16 @@ def main(argv: List[str]) -> int:
         if not isinstance(mk, dict):
             raise MambasegUserError("--model_kwargs must be a JSON object {label: {kwarg: value}}")
     command = "mambaseg " + shlex.join(["compare", *argv])
+    from mambaseg.engine.io import check_writable
+    from mambaseg.engine.runlock import acquire
+    check_writable(args.out, "compare output folder", "--out")  # read-only: refused before any work
     plan = plan_compare(args.config, args.models, args.seeds, args.folds, args.out, overrides, mk,
                         args.reference, args.launcher, command=command, subprocess=args.subprocess)
-    run_compare(plan, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    lock = acquire(plan.out, "compare output folder", "--out", command=command)  # one compare per --out
+    try:
+        run_compare(plan, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                    gpus_per_run=args.gpus_per_run)
+    finally:
+        if lock is not None:
+            lock.release()
     return 0

@@ -40,11 +40,18 @@ def _load(ckpt: str):
 
 
 def run(args) -> int:
-    from mambaseg.export import ExportError, checkpoint_to_folder, onnx_session, run_onnx, to_onnx
+    from mambaseg.export import ExportError, check_chunk, checkpoint_to_folder, onnx_session, run_onnx, to_onnx
     if args.size is not None and len(args.size) not in (1, 2):
         raise ExportError(f"--size takes N or H W, got {args.size}")
+    from mambaseg.engine.io import check_writable
+    from mambaseg.models.limits import check_input_size
+    if args.size is not None:  # 0, -64: one line; 100000: refused before allocating, with the number
+        check_input_size(list(args.size) * (2 if len(args.size) == 1 else 1), "--size")
+    check_chunk(args.chunk)
+    check_writable(args.out if args.format == "folder" else os.path.dirname(os.path.abspath(args.out)),
+                   "export folder", "--out")
     if args.format == "folder":
-        if args.size or args.output != "logits" or args.chunk or args.check:
+        if args.size is not None or args.output != "logits" or args.chunk is not None or args.check:
             raise ExportError("--size/--output/--chunk/--check apply to --format onnx only")
         for f in ("config.json", "model.safetensors", "README.md"):
             if os.path.exists(os.path.join(args.out, f)):

@@ -97,6 +97,9 @@ def _cmd_models(args) -> int:
         raise MambasegUserError(f"no registered model matches {args.pattern!r}"
                                 f"{near_matches(args.pattern or '', list_models())}")
     if args.profile:
+        if args.size is not None:
+            from mambaseg.models.limits import check_input_size
+            check_input_size([args.size, args.size], "--size")
         print(profile_table(names, size=args.size))
         return 0
     rows = [("model", "family", "size", "params", "paper")]
@@ -182,6 +185,30 @@ def _user_errors():
     return tuple(errs)
 
 
+def _fresh_line() -> None:
+    """End the line of a progress bar that an error interrupted (tqdm leaves the cursor after its last drawing),
+    so that the ``mambaseg: error:`` line starts on a line of its own."""
+    tqdm_cls = sys.modules.get("tqdm.std")
+    bars = [b for b in list(getattr(getattr(tqdm_cls, "tqdm", None), "_instances", None) or [])
+            if not getattr(b, "disable", True)]
+    for b in bars:
+        try:
+            b.close()  # redraws it once and ends its line
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
+    if bars:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _training_errors():
+    from mambaseg.engine.errors import TrainingDivergedError
+    return (TrainingDivergedError,)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input, 1 failure, 3 finished with skipped inputs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -224,10 +251,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _training_errors() as e:  # training stopped on a non-finite loss: one line, exit 1
+        if debug:
+            traceback.print_exc()
+        _fresh_line()
+        print(f"mambaseg: error: {e}", file=sys.stderr)
+        return 1
     except _user_errors() as e:
         if debug:
             traceback.print_exc()
         msg = str(e) or type(e).__name__
+        _fresh_line()
         print(f"mambaseg: error: {msg}", file=sys.stderr)
         if not debug:
             print("(set MAMBASEG_DEBUG=1 to see the traceback)", file=sys.stderr)

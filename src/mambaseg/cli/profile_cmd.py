@@ -96,7 +96,10 @@ def run(args) -> int:
             return 2
     if getattr(args, "precision", None):
         args.dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.precision]
+    from ..models.limits import check_input_size
     try:
+        if args.size is not None:  # an absurd size is refused before allocating, with the number
+            check_input_size([args.size, args.size], "--size", args.in_channels, args.num_classes, args.batch)
         prof = profile_model(args.model, size=args.size, batch=args.batch, device=args.device, dtype=args.dtype,
                              in_channels=args.in_channels, num_classes=args.num_classes, conventions=conventions,
                              used_params=not args.no_used, latency=not args.no_latency, warmup=args.warmup,

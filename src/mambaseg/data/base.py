@@ -49,6 +49,7 @@ from .hints import current_style, reader_arg
 
 __all__ = [
     "DataError",
+    "nonfinite_summary",
     "MissingDataError",
     "IMAGE_EXTENSIONS",
     "SegDataset",
@@ -166,6 +167,32 @@ def pair_by_stem(images: Sequence[Path], masks: Sequence[Path], mask_suffixes: S
 # ----------------------------------------------------------------------------------------------------------------
 # image / mask decoding
 # ----------------------------------------------------------------------------------------------------------------
+def nonfinite_summary(array) -> Optional[str]:
+    """``None`` when every value of ``array`` (NumPy or torch) is finite, else a short count of what is not, e.g.
+    ``"3 NaN, 1 +inf of 4096 values"``. Integer arrays are finite by construction (nothing is scanned)."""
+    if hasattr(array, "detach"):  # a torch tensor
+        array = array.detach().cpu().float().numpy() if array.dtype.is_floating_point else None
+        if array is None:
+            return None
+    a = np.asarray(array)
+    if a.dtype.kind not in "fc":
+        return None
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    bad = a[~finite]
+    parts = [(int(np.isnan(bad).sum()), "NaN"), (int(np.isposinf(bad).sum()), "+inf"),
+             (int(np.isneginf(bad).sum()), "-inf")]
+    return f"{', '.join(f'{n} {w}' for n, w in parts if n)} of {a.size} values"
+
+
+def _refuse_nonfinite(arr: np.ndarray, path) -> None:
+    what = nonfinite_summary(arr)
+    if what:
+        raise DataError(f"image file {path} holds non-finite values ({what}); replace them (e.g. with 0 or the "
+                        "image's minimum) before training or prediction")
+
+
 def _open_pil(path):
     from PIL import Image, UnidentifiedImageError
 
@@ -199,6 +226,8 @@ def read_image(path, channels: Optional[int] = None) -> np.ndarray:
         arr = np.asarray(im).astype(np.float32)
         if mode == "1":
             arr = arr * 255.0
+        if mode == "F":  # float TIFF: NaN / inf never reach a network (check, fit and predict name the file)
+            _refuse_nonfinite(arr, path)
         arr = arr[..., None]
     elif mode == "LA":
         arr = np.asarray(im.getchannel(0)).astype(np.float32)[..., None]
@@ -337,6 +366,10 @@ def _check_pair(image: np.ndarray, mask: np.ndarray, where: str):
         raise DataError(f"{where}: mask must be (H, W), got shape {tuple(mask.shape)}")
     if image.shape[:2] != mask.shape:
         raise DataError(f"{where}: image size {tuple(image.shape[:2])} differs from mask size {tuple(mask.shape)}")
+    bad = nonfinite_summary(image)  # any float reader (h5 / npz slices, volumes): NaN / inf never reach a network
+    if bad:
+        raise DataError(f"{where}: image holds non-finite values ({bad}); replace them (e.g. with 0 or the "
+                        "image's minimum) before training or prediction")
 
 
 def to_sample(image: np.ndarray, mask: np.ndarray, meta: dict) -> Dict[str, Any]:

@@ -116,8 +116,11 @@ def image_header(path, full: bool = False) -> Tuple[int, int]:
         with Image.open(p) as im:
             w, h = im.size
             fmt = im.format
+            floats = im.mode == "F"
             if fmt == "PNG":
                 im.verify()
+        if floats:  # a float image (TIFF) may hold NaN / inf: decoded even in header mode (read_image names them)
+            read_image(p)
         if fmt == "JPEG":
             with open(p, "rb") as f:
                 f.seek(max(0, p.stat().st_size - 4096))
@@ -159,6 +162,10 @@ def _check_sample(ds, i: int):
     if image.shape[:2] != mask.shape:
         return [f"sample {meta.get('case_id', i)!r}: image size {tuple(image.shape[:2])} differs from mask size "
                 f"{tuple(mask.shape)}"], None, set(), 1
+    from .base import nonfinite_summary
+    bad = nonfinite_summary(image)
+    if bad:
+        return [f"sample {meta.get('case_id', i)!r}: image holds non-finite values ({bad})"], None, set(), 1
     return [], tuple(int(s) for s in mask.shape), set(unique_values(mask).tolist()), 1
 
 
@@ -191,6 +198,7 @@ def _check_volume(src, num_classes: int, full: bool = True):
 
 
     fn = getattr(src, "_load", None)
+    image = None
     try:
         if not full and isinstance(fn, partial) and fn.func is read_h5_volume and len(fn.args) >= 2:
             path, _nc, *keys = fn.args
@@ -204,6 +212,10 @@ def _check_volume(src, num_classes: int, full: bool = True):
     except DataError as e:
         return [str(e)], None, set(), 1, 0
     probs = []
+    from .base import nonfinite_summary
+    nonfinite = nonfinite_summary(image) if image is not None else None
+    if nonfinite:
+        probs.append(f"volume {src.case_id!r}: image holds non-finite values ({nonfinite})")
     if tuple(image_shape[1:]) != tuple(mask.shape):
         probs.append(f"volume {src.case_id!r}: image shape {tuple(image_shape[1:])} differs from label shape "
                      f"{tuple(mask.shape)}")

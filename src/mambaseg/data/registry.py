@@ -75,6 +75,7 @@ def build_dataset(name: str, root: Optional[str] = None, split: str = "train", t
         raise ValueError(f"data set {name!r} needs root= (its data folder)")
     if not e["needs_root"] and root is not None:
         raise ValueError(f"data set {name!r} is generated and takes no root (got root={root!r})")
+    check_reader_kwargs(name, kwargs)
     return e["fn"](root, split, transform, **kwargs)
 
 
@@ -156,3 +157,73 @@ def _syn_cardiac(root, split, transform, **kw):
     from .synthetic import SyntheticCardiac
 
     return SyntheticCardiac(split=split, transform=transform, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the keywords each reader takes (a typo, or a key meant for another reader, is one line before anything is read)
+_READERS = {"folder": ("folders", "FolderDataset"), "isic": ("isic", "ISICDataset"),
+            "polyp": ("polyp", "build_polyp", "PolypDataset"), "acdc": ("acdc", "ACDCDataset"),
+            "synapse": ("synapse", "SynapseDataset"), "nnunet": ("nnunet", "NNUNetDataset"),
+            "nifti": ("nifti", "NiftiDataset"), "synthetic-skin": ("synthetic", "SyntheticSkin"),
+            "synthetic-polyp": ("synthetic", "SyntheticPolyp"), "synthetic-cardiac": ("synthetic", "SyntheticCardiac")}
+_NOT_KEYWORDS = ("self", "root", "split", "transform")
+
+
+class UnknownReaderKeywordError(ValueError):
+    """A keyword the data set's reader does not take (``.key``, ``.valid``)."""
+
+    def __init__(self, message: str, key: str, valid):
+        super().__init__(message)
+        self.key, self.valid = key, list(valid)
+
+
+def _keywords_of(fn) -> tuple:
+    """(named keywords, takes **kwargs) of a function or of a class's ``__init__`` chain."""
+    import inspect
+    names, open_ended = [], False
+    chain = [c.__init__ for c in fn.__mro__ if "__init__" in vars(c)] if inspect.isclass(fn) else [fn]
+    for f in chain:
+        try:
+            params = inspect.signature(f).parameters.values()
+        except (TypeError, ValueError):
+            return names, True
+        open_ended = False
+        for p in params:
+            if p.kind is p.VAR_KEYWORD:
+                open_ended = True
+            elif p.kind is not p.VAR_POSITIONAL and p.name not in _NOT_KEYWORDS and p.name not in names:
+                names.append(p.name)
+        if not open_ended:
+            break
+    return names, open_ended
+
+
+def reader_keywords(name: str) -> Optional[list]:
+    """The keywords the reader of data set ``name`` takes (besides root, split, transform); None if unknown
+    (a reader registered elsewhere, or one that takes any keyword)."""
+    import importlib
+    spec = _READERS.get(name)
+    if spec is None:
+        return None
+    mod = importlib.import_module(f"{__package__}.{spec[0]}")
+    names = []
+    for attr in spec[1:]:
+        kws, open_ended = _keywords_of(getattr(mod, attr))
+        names += [k for k in kws if k not in names]
+        if not open_ended:
+            return sorted(names)
+    return None
+
+
+def check_reader_kwargs(name: str, kwargs, where: str = "") -> None:
+    """``UnknownReaderKeywordError`` naming the keyword, the reader's valid ones and near matches."""
+    valid = reader_keywords(name)
+    if valid is None:
+        return
+    for k in kwargs:
+        if k not in valid:
+            near = difflib.get_close_matches(str(k), valid, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(repr(n) for n in near)}? " if near else ""
+            raise UnknownReaderKeywordError(
+                f"{where + ': ' if where else ''}the {name!r} reader takes no keyword {k!r} (a typo, or a key meant "
+                f"for another reader?); {hint}Valid keywords: {', '.join(valid)}", k, valid)

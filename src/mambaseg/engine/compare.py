@@ -183,6 +183,20 @@ def _check_overrides(overrides: Sequence[str]) -> None:
                                     "--model_kwargs, --seeds or --out instead")
 
 
+def _read_config_yaml(path: str) -> Dict[str, Any]:
+    """The config as plain data; a YAML error (a ``!!python`` tag, bad syntax) is one line, never code run."""
+    import yaml
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise MambasegUserError(f"--config {path!r} is not a plain YAML config ({' '.join(str(e).split())}); a "
+                                "config holds data only (no !!python tags); nothing was run") from None
+    if not isinstance(raw, dict):
+        raise MambasegUserError(f"--config {path!r} holds a {type(raw).__name__}, not a mapping of config keys")
+    return raw
+
+
 def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = None, out: str = "runs/compare",
                  overrides: Sequence[str] = (), model_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
                  reference: Optional[str] = None, launcher: str = "local", command: str = "",
@@ -192,7 +206,6 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
     ``subprocess``: run each run as its own ``python -m mambaseg fit`` process; default: only when the trainer
     would start several processes (DDP: ``trainer.devices`` > 1 or ``auto``/-1 on a GPU machine, a ``ddp``
     strategy, several nodes), because Lightning's DDP launcher re-runs the command line of the process."""
-    import yaml
 
     cfg_path = os.path.abspath(resolve_config_path(config))
     pairs = parse_models(models)
@@ -229,8 +242,7 @@ def plan_compare(config: str, models: str, seeds="3", folds: Optional[int] = Non
     if os.path.exists(out) and not os.path.isdir(out):
         raise MambasegUserError(f"--out {out!r} exists and is not a directory")
 
-    with open(cfg_path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = _read_config_yaml(cfg_path)
     cfg_model = (raw.get("model") or {}).get("model")
     cfg_kwargs = (raw.get("model") or {}).get("model_kwargs") or {}
     kwargs = {lb: dict(mk.get(lb, cfg_kwargs if m == cfg_model else {})) for lb, m in pairs}

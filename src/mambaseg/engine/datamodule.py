@@ -151,6 +151,21 @@ def collate_cases(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def _check_reader_keywords(dataset: str, dataset_kwargs: Dict[str, Any], split_kwargs) -> None:
+    """A keyword in ``dataset_kwargs`` / ``split_kwargs`` that the reader does not take (a typo, or a config key
+    meant for another reader, as the demo config's ``size`` reaching the folder reader): one line naming it, the
+    reader's valid keywords and near matches."""
+    from mambaseg.data.registry import UnknownReaderKeywordError, check_reader_kwargs
+    try:
+        check_reader_kwargs(dataset, dataset_kwargs, where="data.dataset_kwargs")
+        for sp, kw in dict(split_kwargs or {}).items():
+            if not isinstance(kw, dict):
+                raise MambasegUserError(f"data.split_kwargs.{sp} must map reader keywords to values, got {kw!r}")
+            check_reader_kwargs(dataset, kw, where=f"data.split_kwargs.{sp}")
+    except UnknownReaderKeywordError as e:
+        raise MambasegUserError(str(e)) from None
+
+
 class SegDataModule(pl.LightningDataModule):
     """Data for one experiment.
 
@@ -224,6 +239,7 @@ class SegDataModule(pl.LightningDataModule):
         self.dataset_name = dataset
         self.root = None if root is None else os.path.expanduser(str(root))
         self.dataset_kwargs = dict(dataset_kwargs or {})
+        _check_reader_keywords(dataset, self.dataset_kwargs, split_kwargs)  # typos: one line, before any read
         self._datasets: Dict[str, Dataset] = {}
         self._num_classes = num_classes
         self._in_channels = in_channels

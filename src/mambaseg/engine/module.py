@@ -96,6 +96,31 @@ def _check_choice(name: str, value: str, choices) -> str:
     return value
 
 
+def nonfinite_step_error(step: int, epoch: int, batch_idx: int, batch, logits, loss) -> Exception:
+    """The one-line ``TrainingDivergedError`` for a non-finite loss: the step, the batch's files and whether the
+    input, the network output or only the loss was non-finite (each has another fix)."""
+    from mambaseg.data.base import nonfinite_summary
+    from .errors import TrainingDivergedError
+    meta = batch.get("meta") or {} if isinstance(batch, dict) else {}
+    names = [str(v) for v in (meta.get("image_path") or meta.get("case_id") or []) if v is not None]
+    files = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "") if names else "unknown"
+    where = f"training stopped at step {step} (epoch {epoch}, batch {batch_idx}, files: {files})"
+    image = batch["image"]
+    bad_in = nonfinite_summary(image)
+    if bad_in:
+        per = [n for n, x in zip(names, image) if nonfinite_summary(x)] if len(names) == len(image) else []
+        in_files = "; in " + ", ".join(per[:8]) if per else ""
+        return TrainingDivergedError(f"{where}: the INPUT is non-finite ({bad_in}{in_files}); fix or drop those "
+                                     "images (`mambaseg check --data.check full` lists them)")
+    bad_out = nonfinite_summary(logits)
+    if bad_out:
+        return TrainingDivergedError(f"{where}: the network OUTPUT is non-finite ({bad_out}) for a finite input: the "
+                                     "weights diverged; lower --model.lr, or train in 32-bit precision "
+                                     "(--precision fp32)")
+    return TrainingDivergedError(f"{where}: the LOSS is non-finite ({loss.item()}) for a finite input and output; "
+                                 "check the masks' values against the class count, or lower --model.lr")
+
+
 class SegmentationModule(pl.LightningModule):
     """Train / evaluate a registry segmentation model.
 
@@ -158,6 +183,8 @@ class SegmentationModule(pl.LightningModule):
         if scan_backend:
             set_default_backend(scan_backend)
         self.out_channels = 1 if num_classes == 2 else num_classes
+        from mambaseg.models.limits import check_model_memory
+        check_model_memory(model, in_channels, self.out_channels, model_kwargs, where="model")  # before allocating
         try:
             self.net = create_model(model, in_channels=in_channels, num_classes=self.out_channels,
                                     pretrained=pretrained, **dict(model_kwargs or {}))
@@ -210,8 +237,7 @@ class SegmentationModule(pl.LightningModule):
         logits = self.net(image)
         loss = self._loss(logits, mask)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {self.global_step}; lower the "
-                                     "learning rate or use 32-bit precision")
+            raise nonfinite_step_error(self.global_step, self.current_epoch, batch_idx, batch, logits, loss)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=image.shape[0],
                  sync_dist=True)
         return loss

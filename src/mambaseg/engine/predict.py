@@ -34,7 +34,7 @@ import torch
 from mambaseg.data.base import read_image
 from mambaseg.data.nifti import read_nifti, save_nifti
 from mambaseg.data.transforms import preset_transforms
-from mambaseg.models.hub import is_pretrained_folder
+from mambaseg.models.hub import is_pretrained_folder, not_a_model_folder
 
 from .errors import MambasegUserError
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
@@ -61,6 +61,8 @@ def load_module(ckpt: str, device: str = "cpu"):
     equivalent of one from a pretrained folder (``save_pretrained`` / ``mambaseg export --format folder``)."""
     if is_pretrained_folder(ckpt):
         return load_folder_module(ckpt, device=device)
+    if os.path.isdir(ckpt):  # a folder that is no pretrained folder: say what it lacks
+        raise MambasegUserError(not_a_model_folder(ckpt))
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist (expected RUN/checkpoints/best.ckpt)")
     data = load_checkpoint(ckpt)  # weights_only=True: a checkpoint is data, never code
@@ -245,6 +247,8 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
     binary = hp.num_classes == 2
     net = module.net.to(device).eval()
     it = list(zip(files, names))
+    made: Dict[str, List[str]] = {}  # input -> the outputs this run wrote for it (OUTPUTS_RECORD)
+    n_written = 0
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc="predict", unit="file")
@@ -293,12 +297,45 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
             raise
         except Exception as e:  # skip this file, keep going; listed at the end
             res.errors.append((str(f), f"{type(e).__name__}: {e}"))
+        else:
+            made[str(f.resolve())] = [str(Path(p).relative_to(out)) for p in res.written[n_written:]]
+            made[str(f.resolve())] += [f"overlays/{name}.png"] if overlays and not f.name.lower().endswith(
+                NIFTI_EXTS) else []
+        n_written = len(res.written)
+    _record_outputs(out, made, overwrite)
     res.warnings = conv.messages()
     if res.errors:
         atomic_write_text(str(out / "errors.txt"), "".join(f"{p}\t{msg}\n" for p, msg in res.errors))
     elif overwrite and (out / "errors.txt").exists():
         (out / "errors.txt").unlink()  # the list of an earlier run into this folder; this one skipped nothing
     return res
+
+
+OUTPUTS_RECORD = ".mambaseg-predict.json"
+
+
+def _record_outputs(out: Path, made: Dict[str, List[str]], overwrite: bool) -> None:
+    """Keep ``OUT/.mambaseg-predict.json`` (input file -> the outputs written for it). With ``overwrite``, an
+    input predicted again loses the outputs an earlier run wrote for it under another name (``a.png.png`` when
+    ``a.jpg`` sat beside it then, ``a.png`` now): the overwrite removes what it replaced, nothing else."""
+    import json
+    path = out / OUTPUTS_RECORD
+    old: Dict[str, List[str]] = {}
+    if path.is_file():
+        try:
+            old = {str(k): [str(x) for x in v] for k, v in dict(json.loads(path.read_text())).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            old = {}
+    if overwrite:
+        now = {x for v in made.values() for x in v}
+        for inp, outputs in made.items():
+            for stale in set(old.get(inp, [])) - set(outputs) - now:
+                target = (out / stale).resolve()
+                if out.resolve() in target.parents and target.is_file():
+                    target.unlink()
+    old.update(made)
+    from .io import atomic_write_text
+    atomic_write_text(str(path), json.dumps(old, indent=1, sort_keys=True))
 
 
 def _fit_channels(arr: np.ndarray, channels: int, axis: int, where: str) -> np.ndarray:

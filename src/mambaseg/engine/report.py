@@ -125,9 +125,11 @@ def empty_counts(summary: Dict[str, Any]) -> Optional[Dict[str, int]]:
     if not isinstance(summary, dict) or "count/pred_empty" not in summary:
         return None
     get = lambda k: int(summary.get(k) or 0)
-    n_cls = len([k for k in summary if k.startswith("dice/class_")]) or 1
+    # one "dice/<class>" entry per evaluated class, whatever the classes are named ("dice/class_1", "dice/RV")
+    n_cls = len([k for k in summary if k.startswith("dice/")]) or 1
     return {"pred": get("count/pred_empty") + get("count/both_empty"),
-            "ref": get("count/ref_empty") + get("count/both_empty"), "total": get("count/cases") * n_cls}
+            "ref": get("count/ref_empty") + get("count/both_empty"), "total": get("count/cases") * n_cls,
+            "classes": n_cls}
 
 
 def _policy_name(settings: Dict[str, Any]) -> str:
@@ -144,17 +146,19 @@ def empty_warnings(records: Sequence[RunRecord]) -> List[str]:
         if not c:
             continue
         pol = _policy_name(rec.settings)
+        what = "predictions" if c.get("classes", 1) == 1 else "(case, class) predictions"
         if c["pred"]:
-            out.append(f"warning: {rec.name}: {c['pred']} of {c['total']} predictions are empty (no foreground); "
+            out.append(f"warning: {rec.name}: {c['pred']} of {c['total']} {what} are empty (no foreground); "
                        f"their Dice/HD95/ASD are set by empty_policy {pol}, not measured"
                        + (" - the model predicts nothing" if c["pred"] == c["total"] else ""))
         if c["ref"]:
-            out.append(f"warning: {rec.name}: {c['ref']} of {c['total']} ground-truth masks are empty; their "
+            out.append(f"warning: {rec.name}: {c['ref']} of {c['total']} {what.replace('predictions', 'ground-truth masks')}"
+                       f" are empty; their "
                        f"scores are set by empty_policy {pol}")
     return out
 
 
-def format_metrics_table(records: Sequence[RunRecord], markdown: bool = False) -> str:
+def format_metrics_table(records: Sequence[RunRecord], markdown: bool = False, warnings: bool = True) -> str:
     """All eight metrics per model, the counts of empty predictions / ground truths (EmptyPred, EmptyGT: (case,
     class) pairs), and a warning when they are not zero; names the aggregation and HD95 mode under the table."""
     head = ["model"] + [_LABEL[m] for m in EIGHT_METRICS] + ["EmptyPred", "EmptyGT"]
@@ -182,7 +186,7 @@ def format_metrics_table(records: Sequence[RunRecord], markdown: bool = False) -
     out += [("" if not markdown else "") + n for n in notes]
     out.append("DSC..Spe in %, HD95/ASD in physical units (pixels when no spacing is known); EmptyPred/EmptyGT: "
                "(case, class) pairs with an empty prediction / ground truth.")
-    warns = empty_warnings(records)
+    warns = empty_warnings(records) if warnings else []
     if warns:
         out.append("")
         out += [f"**{w}**" if markdown else w for w in warns]

@@ -30,6 +30,9 @@ mapping of dotted keys to values (non-strings are passed as JSON) or the flags `
 * Every training batch seeds its random generators from ``(seed, epoch, batch)`` (``RandomStateCallback``): a
   resumed run equals an uninterrupted one, drop path and dropout included.
 * Unknown config keys are named with their near matches.
+* ``fit`` locks its run directory (``mambaseg.engine.runlock``): a second process on it is refused in one line.
+* A ``class_path`` or callable in a config resolves only inside lightning, torch, torchmetrics, mambaseg and
+  what ``--allow_import PKG[,PKG]`` adds (``mambaseg.engine.allowlist``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from mambaseg.data.hints import hint_style
+
+from .allowlist import config_import_policy, denied_import_message, denied_path, pop_allow_flags
+from .progress import progress_bar_callbacks
+from .runlock import acquire as acquire_run_lock, acquire_free_dir
 
 from .configs import resolve_config_path
 from .datamodule import SegDataModule
@@ -115,7 +122,9 @@ class MambaSegArgumentParser(LightningArgumentParser):
             return super().error(message, ex)  # an inner parse that raises; the outer parser reports it
         parser = getattr(ex, "subcommand_parser", None) or self
         lines = []
-        for pat in _KEY_PATTERNS:
+        if denied_path(message) or denied_path(ex):  # a config naming code outside the allow-list
+            lines.append(denied_import_message(denied_path(message) or denied_path(ex)))
+        for pat in _KEY_PATTERNS if not lines else ():
             for m in pat.finditer(str(message)):
                 key = m.group(1).lstrip("-")
                 choices = _all_keys(parser) or _all_keys(self)
@@ -143,11 +152,23 @@ class MambaSegCLI(LightningCLI):
         self._out_dir: Optional[str] = None
         self._resume_from: Optional[str] = None
         self._ckpt_data = None  # (path, {"hyper_parameters": ...}) of the checkpoint read up front
+        if isinstance(args, (list, tuple)):  # --allow_import PKG: packages a config may name code from
+            args, allow = pop_allow_flags(args)
+        else:
+            allow = []
         self._args = [str(a) for a in args] if isinstance(args, (list, tuple)) else []
-        super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
-                         parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
-                         auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
-                         parser_kwargs={"default_env": False, "prog": "mambaseg"}, **kwargs)
+        self._run_lock = None  # fit: this process's lock on the run directory (mambaseg.engine.runlock)
+        self._import_policy = config_import_policy(allow)
+        self._import_policy.__enter__()
+        try:
+            super().__init__(SegmentationModule, SegDataModule, args=args, run=run, seed_everything_default=42,
+                             parser_class=MambaSegArgumentParser, load_from_checkpoint_support=False,
+                             auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                             parser_kwargs={"default_env": False, "prog": "mambaseg"}, **kwargs)
+        finally:
+            self._import_policy.__exit__(None, None, None)
+            if self._run_lock is not None:
+                self._run_lock.release()
 
     def parse_arguments(self, parser, args) -> None:
         # as LightningCLI's, without its warning about sys.argv (our main() always passes args explicitly)
@@ -197,6 +218,7 @@ class MambaSegCLI(LightningCLI):
                 # a read-only run folder is refused before anything is read, built or written
                 check_writable(run_dir, "run directory", "--run_dir")
                 check_writable(os.path.join(run_dir, "checkpoints"), "checkpoint folder", "--run_dir")
+                self._run_lock = acquire_run_lock(run_dir, command="mambaseg " + " ".join(self._args))
                 resume_ckpt = check_run_dir(run_dir, bool(cfg.get("resume")))
                 if resume_ckpt and not cfg.get("ckpt_path"):
                     cfg.ckpt_path = resume_ckpt
@@ -217,6 +239,9 @@ class MambaSegCLI(LightningCLI):
             self._out_dir = os.path.join(base, sub) if child else next_free_dir(os.path.join(base, sub))
             if not child:
                 check_writable(self._out_dir, f"{sub} output folder", "--run_dir")
+                # locked, so that two evaluations started at once never share a folder
+                self._out_dir, self._run_lock = acquire_free_dir(os.path.join(base, sub), next_free_dir,
+                                                                 f"{sub} output folder", "--run_dir")
         cfg.trainer.default_root_dir = self._out_dir
         ckpt = cfg.get("ckpt_path") if sub else None
         if ckpt and ckpt not in ("best", "last"):
@@ -236,6 +261,7 @@ class MambaSegCLI(LightningCLI):
             callbacks += make_checkpoint_callbacks(self._out_dir, self.model.hparams.select_on)
             callbacks += [RandomStateCallback(seed), RunInfoCallback(self._out_dir),
                           ResumeHintCallback(self._out_dir, self._args)]
+        callbacks += progress_bar_callbacks(trainer_cfg, callbacks)  # without the meaningless v_num
         kwargs.setdefault("callbacks", callbacks)
         # every checkpoint is written atomically and read with weights_only=True (mambaseg.engine.io)
         plugins = trainer_cfg.get("plugins")
@@ -407,8 +433,13 @@ def predict(ckpt: str, inputs: Sequence[str], out_dir: str, *, overlays: bool = 
             if os.path.isdir(d) and any(True for _ in os.scandir(d)):
                 raise FileExistsError(f"{d} already holds predictions; choose another --out, or pass --overwrite "
                                       "to replace files of the same name (nothing was written)")
-    module = load_module(ckpt, device=device)
-    if precision != "fp32":
-        module.net = with_precision(module.net, precision)
-    return predict_paths(module, inputs, out_dir, overlays=overlays, threshold=threshold, progress=progress,
-                         device=device, overwrite=overwrite)
+    lock = acquire_run_lock(out_dir, "output folder", "--out", command="mambaseg predict")  # one predict per --out
+    try:
+        module = load_module(ckpt, device=device)
+        if precision != "fp32":
+            module.net = with_precision(module.net, precision)
+        return predict_paths(module, inputs, out_dir, overlays=overlays, threshold=threshold, progress=progress,
+                             device=device, overwrite=overwrite)
+    finally:
+        if lock is not None:
+            lock.release()

@@ -93,7 +93,8 @@ def pick_resume_checkpoint(run_dir: str) -> str:
     return best
 
 
-_FIT_FILES = ("config.yaml", "hparams.yaml", "metrics.csv", "run.json", "checkpoints", "plots", "lightning_logs")
+_FIT_FILES = ("config.yaml", "hparams.yaml", "metrics.csv", "run.json", "checkpoints", "plots", "lightning_logs",
+              "split.json")
 
 
 def _is_fit_leftover(name: str) -> bool:
@@ -124,8 +125,9 @@ def check_run_dir(run_dir: str, resume: bool) -> Optional[str]:
         raise RunDirExistsError(f"run directory {run_dir!r} already holds a run (checkpoints/"
                                 f"{os.path.basename(ckpts[0])}). Pass --resume true to continue it, or choose "
                                 "another --run_dir; nothing was overwritten")
-    if _has_content(run_dir):
-        names = sorted(e.name for e in os.scandir(run_dir))
+    from .runlock import LOCK_NAME
+    names = sorted(e.name for e in os.scandir(run_dir) if e.name != LOCK_NAME) if os.path.isdir(run_dir) else []
+    if names:  # (this process's own lock file does not count)
         if "config.yaml" not in names or not all(_is_fit_leftover(n) for n in names):
             raise RunDirExistsError(f"run directory {run_dir!r} already holds files ({', '.join(names[:5])}"
                                     f"{', ...' if len(names) > 5 else ''}) but no mambaseg run (no config.yaml, no "
@@ -347,7 +349,7 @@ def write_test_outputs(module, out_dir: str, run_dir: Optional[str] = None, name
     policy = res["settings"].get("empty_policy")
     rec.settings["empty_policy"] = policy.get("name") if isinstance(policy, dict) else policy
     report = write_report(run_dir or out_dir, [rec], title=title or f"mambaseg report: {rec.name}", notes=notes)
-    print("\n" + format_metrics_table([rec]))
+    print("\n" + format_metrics_table([rec], warnings=False))  # the warnings once, on stderr (below)
     for w in empty_warnings([rec]):  # also on stderr, where a script watching for problems looks
         print(f"mambaseg: {w}", file=sys.stderr)
     subsets = res.get("subsets") or {}

@@ -132,6 +132,22 @@ def is_pretrained_folder(path: Union[str, os.PathLike]) -> bool:
     return p.is_dir() and (p / CONFIG_NAME).is_file()
 
 
+def not_a_model_folder(path: str) -> str:
+    """One line saying what the folder ``path`` (given as ``--ckpt``) lacks to be a model: its ``config.json``
+    (missing, or not a regular file), with the checkpoint a run folder holds when it is one."""
+    p = Path(path)
+    cfg = p / CONFIG_NAME
+    what = ("a pretrained folder holds config.json + model.safetensors (`mambaseg export --format folder`); a "
+            "training run's checkpoint is RUN/checkpoints/best.ckpt")
+    if cfg.exists() or cfg.is_symlink():
+        kind = ("a folder" if cfg.is_dir() else "a broken link" if not cfg.exists() else
+                "not a regular file (a pipe, socket or device)")
+        return f"--ckpt {path!r} is a folder whose {CONFIG_NAME} is {kind}; {what}"
+    ckpts = sorted(p.glob("checkpoints/*.ckpt")) or sorted(p.glob("*.ckpt"))
+    hint = f"; did you mean --ckpt {str(ckpts[0])!r}?" if ckpts else ""
+    return f"--ckpt {path!r} is a folder without {CONFIG_NAME}, so not a pretrained folder; {what}{hint}"
+
+
 def read_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """``config.json`` of a pretrained folder, checked (one clear error naming the problem)."""
     p = Path(path)
@@ -166,6 +182,11 @@ def from_pretrained(path: Union[str, os.PathLike], map_location: Union[str, torc
     w = Path(path) / WEIGHTS_NAME
     if not w.is_file():
         raise PretrainedFolderError(f"{str(path)!r} has no {WEIGHTS_NAME}")
+    from .limits import check_model_memory  # an absurd config.json is refused before anything is allocated
+    args = cfg["model_args"] if isinstance(cfg["model_args"], dict) else {}
+    margs = {k: v for k, v in args.items() if k not in ("in_channels", "num_classes")}
+    check_model_memory(cfg["architecture"], args.get("in_channels", 3), args.get("num_classes", 1), margs,
+                       where=f"{Path(path) / CONFIG_NAME}")
     model = create_model(cfg["architecture"], **cfg["model_args"])
     try:
         missing, unexpected = load_model(model, str(w), strict=False, device="cpu")

@@ -53,6 +53,25 @@ def register_pretrained_loader(model_cls: type):
     return deco
 
 
+# the trusted-conversion tool (mambaseg.engine.io; named here as text: models/ does not import the engine)
+CONVERT_TRUSTED = "python -m mambaseg.engine.io --convert-trusted {src} {dst}"
+
+
+def _unreadable_pretrained(path: str, e: Exception) -> str:
+    """One line for a pretrained file that ``torch.load(weights_only=True)`` refuses: a pickle that asks for code
+    points to the trusted-conversion tool (never to ``weights_only=False`` for that very file)."""
+    import re
+    msg = " ".join(str(e).split())
+    if "Weights only load failed" in msg or "Unsupported global" in msg or "weights_only" in msg:
+        names = ", ".join(sorted(set(re.findall(r"GLOBAL ([\w.]+)", msg)))) or "a non-tensor object"
+        root, ext = os.path.splitext(path)
+        return (f"refused pretrained file {path!r}: it asks to run or build Python code ({names}), and weights are "
+                f"read as data only. If, and only if, you trust where it came from, convert it with "
+                f"{CONVERT_TRUSTED.format(src=path, dst=root + '.plain' + (ext or '.pth'))} and pass the new file")
+    return (f"could not read pretrained file {path!r} as PyTorch weights ({type(e).__name__}: {msg[:200]}); it may "
+            "be truncated, corrupt or not a PyTorch file")
+
+
 def read_checkpoint(path: str, keys=("model", "state_dict", "model_state", "module")) -> Dict[str, torch.Tensor]:
     """Read a checkpoint safely and return its flat tensor state dict (looked up under ``keys`` if nested)."""
     path = os.fspath(path)
@@ -62,10 +81,7 @@ def read_checkpoint(path: str, keys=("model", "state_dict", "model_state", "modu
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle error, truncated file, not a torch file
-        raise PretrainedMismatchError(
-            f"could not read {path!r} as a PyTorch checkpoint with weights_only=True ({type(e).__name__}: {e}). "
-            f"If the file is a trusted training checkpoint that pickles other objects, re-save just its "
-            f"state dict: torch.save(torch.load(p, weights_only=False)['model'], 'weights.pth')") from None
+        raise PretrainedMismatchError(_unreadable_pretrained(path, e)) from None
     if isinstance(obj, Mapping):
         for k in keys:
             if k in obj and isinstance(obj[k], Mapping):
