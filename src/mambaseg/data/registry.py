@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional
 
-from mambaseg.utils.errors import near_matches
+from mambaseg.utils.errors import close_matches, near_matches
 
 from .base import SegDataset, VolumeDataset
 
@@ -222,7 +222,7 @@ def check_reader_kwargs(name: str, kwargs, where: str = "") -> None:
         return
     for k in kwargs:
         if k not in valid:
-            near = difflib.get_close_matches(str(k), valid, n=3, cutoff=0.6)
+            near = close_matches(str(k), valid, n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(repr(n) for n in near)}? " if near else ""
             raise UnknownReaderKeywordError(
                 f"{where + ': ' if where else ''}the {name!r} reader takes no keyword {k!r} (a typo, or a key meant "
