@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -169,6 +170,39 @@ def why_unavailable() -> str:
     return _error or ""
 
 
+_HUGE = 2 << 20
+_libc = None
+
+
+def _empty_like(t: torch.Tensor) -> torch.Tensor:
+    """torch.empty_like(t), with transparent huge pages requested for the new buffer's 2 MB-aligned interior
+    (``madvise(MADV_HUGEPAGE)``, Linux, buffers of 8 MB and more) before anything touches it. Outputs of the
+    scan at volumetric lengths are hundreds of MB, freshly mapped on every call; with 4 KB pages their first
+    touch (page faults and zeroing) cost about as much as the scan's arithmetic on the machines measured
+    (``scan_notes.md`` section 5; the glibc.malloc.hugetlb=1 tunable does the same for the whole process, but only
+    if set before Python starts). Where THP is disabled the call changes nothing; MAMBASEG_NATIVE_HUGEPAGES=0
+    turns it off."""
+    global _libc
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    nbytes = out.numel() * out.element_size()
+    if nbytes < 4 * _HUGE or not sys.platform.startswith("linux") or \
+            os.environ.get("MAMBASEG_NATIVE_HUGEPAGES", "1") == "0":
+        return out
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _libc.madvise.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        start = (out.data_ptr() + _HUGE - 1) & ~(_HUGE - 1)
+        end = (out.data_ptr() + nbytes) & ~(_HUGE - 1)
+        if end > start:
+            _libc.madvise(start, end - start, 14)  # MADV_HUGEPAGE; a failure only means 4 KB pages
+    return out
+
+
 def _ptr(t):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -193,11 +227,11 @@ def _chunking(l: int) -> tuple[int, int]:
 class _NativeScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
-        # u, delta, z: (b, d, l); A: (d, n); B, C: (b, g, l, n); D, bias: (d,): all contiguous, one dtype.
+        # u, delta, z: (b, d, l); A: (d, n); B, C: (b, g, n, l); D, bias: (d,): all contiguous, one dtype.
         lib = get_lib()
         b, d, l = u.shape
         n, g = A.shape[1], B.shape[1]
-        out = torch.empty_like(u)
+        out = _empty_like(u)
         last = u.new_empty(b, d, n)
         chunk, nchunks = _chunking(l)
         # the state at the start of every chunk, for the backward (1/chunk of the (b, d, l, n) states)
@@ -220,12 +254,12 @@ class _NativeScan(torch.autograd.Function):
         n, g = A.shape[1], B.shape[1]
         dout = dout.contiguous()
         dlast = None if dlast is None else dlast.contiguous()
-        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        du, ddelta = _empty_like(u), _empty_like(u)
         dA_rows = u.new_empty(b, d, n)
-        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        dB, dC = _empty_like(B), _empty_like(C)
         dD_rows = u.new_empty(b, d)
         dbias_rows = u.new_empty(b, d)
-        dz = torch.empty_like(u) if z is not None else None
+        dz = _empty_like(u) if z is not None else None
         fn = lib.ss_backward_f64 if u.dtype == torch.float64 else lib.ss_backward_f32
         rc = fn(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _ptr(bias), _ptr(dout),
                 _ptr(dlast), _ptr(ckpt), ctx.chunk, b, d, l, n, g, int(ctx.softplus), _ptr(du), _ptr(ddelta),
@@ -246,11 +280,10 @@ def selective_scan_native(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return None if t is None else t.to(ct).contiguous()
 
     B4, C4 = as_grouped(B, C)
-    Bt = B4.to(ct).transpose(-1, -2).contiguous()                               # (b, g, l, n), time-major
-    Ct = C4.to(ct).transpose(-1, -2).contiguous()
-    # autograd maps dB, dC (b, g, l, n) back through the transpose / expand / unsqueeze to the caller's layout
-    out, last = _NativeScan.apply(prep(u), prep(delta), prep(A), Bt, Ct, prep(D), prep(z), prep(delta_bias),
-                                  bool(delta_softplus))
+    # (b, g, n, l) as given: the kernel copies B/C time-major one cache-sized chunk at a time. contiguous() copies
+    # only when one of B, C is grouped and the other is not (an expanded view); autograd sums dB/dC back.
+    out, last = _NativeScan.apply(prep(u), prep(delta), prep(A), prep(B4), prep(C4), prep(D), prep(z),
+                                  prep(delta_bias), bool(delta_softplus))
     out = out.to(dtype_in)
     return (out, last) if return_last_state else out
 
