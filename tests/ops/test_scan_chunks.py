@@ -120,3 +120,32 @@ def test_long_sequence_small_d_matches_the_math(threads):
           run(selective_scan_reference, short, torch.float64), 1e-12)
     close(run(selective_scan, inp, torch.float32, backend="native"),
           run(lambda **kw: _scan_from_the_math(*[kw[k] for k in NAMES]), inp, torch.float64), 1e-4)
+
+
+def test_avx2_build_matches_reference_across_chunks(tmp_path):
+    """The kernel is compiled for the CPU it runs on (-march=native: AVX-512 here if the CPU has it). Build it for
+    AVX2+FMA (x86-64-v3) instead, in a fresh process, and check the chunked forward/backward there too."""
+    import os
+    import subprocess
+    import sys
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("no AVX2 on this CPU")
+    code = (
+        "import importlib, torch, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "import test_scan_chunks as t\n"
+        "sn = importlib.import_module('mambaseg.ops.scan_native')\n"
+        "assert sn.is_available(), sn.why_unavailable()\n"
+        "assert '-march=x86-64-v3' in sn.build_flags, sn.build_flags\n"
+        "sn.CHUNK = 8\n"
+        "torch.set_num_threads(2)\n"
+        "inp = t.inputs(1, 5, 29, 16, None, seed=4)\n"
+        "t.close(t.run(t.selective_scan, inp, torch.float32, backend='native'),\n"
+        "        t.run(t.selective_scan_reference, inp, torch.float64), 2e-5)\n"
+        "inp = t.inputs(2, 4, 19, 3, 2, seed=5)\n"
+        "t.close(t.run(t.selective_scan, inp, torch.float64, backend='native'),\n"
+        "        t.run(t.selective_scan_reference, inp, torch.float64), 1e-10)\n"
+        "print('ok')\n") % os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, MAMBASEG_NATIVE_MARCH="x86-64-v3", MAMBASEG_CACHE=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

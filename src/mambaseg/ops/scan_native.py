@@ -47,6 +47,8 @@ _SRC_DIR = Path(__file__).with_name("csrc")
 _lock = threading.Lock()
 _lib = None
 _error: str | None = None
+build_flags: list[str] = []
+"""The compiler flags of the loaded kernel (empty until it is built or loaded)."""
 
 
 def _cache_dir() -> Path:
@@ -73,10 +75,15 @@ def _build() -> ctypes.CDLL:
     # OpenMP first (shares PyTorch's libgomp thread pool), then pthreads; -march=native first, then generic.
     # -march=native alone can leave 128-bit vectors preferred (e.g. a VM whose CPU reports itself as znver1):
     # ask for the full register width; the recurrence over n = 16 states is one or two vectors then.
-    width = "-mprefer-vector-width=512" if " avx512f" in _cpu_signature() else "-mprefer-vector-width=256"
-    attempts = [["-O3", "-ffast-math", "-march=native", width, "-fopenmp"],
-                ["-O3", "-ffast-math", "-march=native", "-fopenmp"], ["-O3", "-ffast-math", "-fopenmp"],
-                ["-O3", "-ffast-math", "-march=native", "-fopenmp-simd"], ["-O3", "-ffast-math", "-fopenmp-simd"]]
+    # MAMBASEG_NATIVE_MARCH (e.g. x86-64-v3 = AVX2+FMA) builds for that instruction set instead of this CPU's:
+    # how the AVX2 code is tested on an AVX-512 machine.
+    march = os.environ.get("MAMBASEG_NATIVE_MARCH", "").strip() or "native"
+    arch = f"-march={march}"
+    width = "-mprefer-vector-width=512" if march == "native" and " avx512f" in _cpu_signature() \
+        else "-mprefer-vector-width=256"
+    attempts = [["-O3", "-ffast-math", arch, width, "-fopenmp"],
+                ["-O3", "-ffast-math", arch, "-fopenmp"], ["-O3", "-ffast-math", "-fopenmp"],
+                ["-O3", "-ffast-math", arch, "-fopenmp-simd"], ["-O3", "-ffast-math", "-fopenmp-simd"]]
     errors = []
     for flags in attempts:
         key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_signature().encode()).hexdigest()[:16]
@@ -88,6 +95,7 @@ def _build() -> ctypes.CDLL:
         so = out_dir / "scan_kernel.so"
         if so.exists():
             try:
+                build_flags[:] = flags
                 return _load(so)
             except OSError as e:  # stale or foreign file: rebuild it
                 errors.append(f"cached {so}: {e}")
@@ -112,6 +120,7 @@ def _build() -> ctypes.CDLL:
                 errors.append(str(e))
                 continue
         try:
+            build_flags[:] = flags
             return _load(so)
         except OSError as e:
             errors.append(f"loading {so}: {e}")
