@@ -19,9 +19,17 @@ float32 uses a branch-free polynomial ``exp`` and ``log1p`` inlined into the vec
 relative error against float64, tested), and on AVX2+FMA the n = 16 float32 recurrences are hand-vectorised
 (states in two ymm registers, dot products reduced 8 steps at a time). float64 keeps libm's exp/log1p.
 
-Forward and backward are both fused. The backward recomputes each row's states (l*n values per thread, no
-(b, d, l, n) tensor is ever allocated) and runs the reverse recurrence; softplus, delta_bias, D and the z gate
-are fused too. float32 and float64 run natively; half precision is computed in float32.
+Forward and backward are both fused; softplus, delta_bias, D and the z gate are fused too. float32 and float64
+run natively; half precision is computed in float32.
+
+Since issue 27 the plain scan walks the sequence in chunks of ``CHUNK`` (512) steps, every row of a thread per
+chunk (csrc/scan_impl.inc, "Chunking"), so its working set stays in the L2 cache at any length: time per
+(channel, token) at L = 2M is that of L = 4K. B and C are read in the caller's (b, g, n, l) layout (copied
+time-major a chunk at a time inside the kernel), dB and dC written the same way: no transposed copies. The
+forward saves the state at each chunk start when a backward will follow ((b*d, l/CHUNK, n), 1/32 of u's size at
+n = 16); the backward visits chunks last to first, recomputing each from its checkpoint. Threads never wait for
+each other (a (batch, group) whose channels two threads share gets its dB/dC chunks added under a mutex). Large
+fresh outputs get huge-page advice (see ``_empty_like``).
 """
 
 from __future__ import annotations
