@@ -149,3 +149,16 @@ def test_avx2_build_matches_reference_across_chunks(tmp_path):
     env = dict(os.environ, MAMBASEG_NATIVE_MARCH="x86-64-v3", MAMBASEG_CACHE=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_empty_sequence_has_zero_state_and_gradients(threads, dtype):
+    """L = 0: no chunk at all; the last state and the gradients of A, D and delta_bias are zero (not whatever
+    the fresh buffers held)."""
+    threads(2)
+    inp = {k: (v[..., :0] if v is not None and v.dim() == 3 else v) for k, v in inputs(2, 6, 5, 16, None).items()}
+    for _ in range(3):   # fresh buffers often reuse memory the previous call wrote
+        got = run(selective_scan, inp, dtype, backend="native")
+        assert got[1].abs().max() == 0
+        for gr in got[2:]:
+            assert gr.numel() == 0 or gr.abs().max() == 0
