@@ -32,6 +32,9 @@ CHECK = textwrap.dedent("""
     from mambaseg.ops import selective_scan, available_backends, cross_scan, cross_merge
     from mambaseg.ops.scan_triton import cross_selective_scan_triton
     dev, kind, shapes = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+    if len(sys.argv) > 4:   # steps between the backward's checkpoints (default 512: one segment at these sizes)
+        import mambaseg.ops.scan_triton as st
+        st.SEG_STEPS = int(sys.argv[4])
     assert "triton" in available_backends(dev), available_backends(dev)
 
     def rel(a, b):
@@ -102,13 +105,14 @@ PLAIN = [(2, 5, 37, 4, 0, "float32", "D z bias sp"), (1, 6, 19, 3, 3, "float32",
 CROSS = [(2, 3, 3, 7, 4, "float32"), (1, 5, 5, 4, 1, "float32"), (1, 2, 2, 3, 2, "bfloat16")]
 
 
-def _run(device, kind, shapes, interpret):
+def _run(device, kind, shapes, interpret, seg_steps=None):
     env = dict(os.environ)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", CHECK, device, kind, repr(shapes)], capture_output=True, text=True,
-                       env=env, timeout=900)
+    extra = [str(seg_steps)] if seg_steps else []
+    r = subprocess.run([sys.executable, "-c", CHECK, device, kind, repr(shapes), *extra], capture_output=True,
+                       text=True, env=env, timeout=900)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
 
 
@@ -118,6 +122,22 @@ def test_triton_scan_matches_reference_in_the_interpreter():
 
 def test_triton_fused_cross_scan_matches_composed_cross_scan_in_the_interpreter():
     _run("cpu", "cross", CROSS, interpret=True)
+
+
+# Checkpoint segments (SEG_STEPS steps between the backward's stored states) shorter than the sequence: 32 = two
+# 16-step chunks per segment, so the last segment of l = 37 (three chunks) and l = 70 (five) is partial; 16 = one
+# chunk per segment for the cross scan, whose four directions share the scratch rows.
+SEGMENTED = [(2, 5, 37, 4, 0, "float32", "D z bias sp"), (1, 6, 70, 3, 3, "float32", "D bias sp")]
+
+
+@pytest.mark.slow
+def test_triton_backward_checkpoint_segments_in_the_interpreter():
+    _run("cpu", "plain", SEGMENTED, interpret=True, seg_steps=32)
+
+
+@pytest.mark.slow
+def test_triton_cross_scan_checkpoint_segments_in_the_interpreter():
+    _run("cpu", "cross", CROSS[:1], interpret=True, seg_steps=16)
 
 
 DISPATCH = textwrap.dedent("""

@@ -19,9 +19,17 @@ float32 uses a branch-free polynomial ``exp`` and ``log1p`` inlined into the vec
 relative error against float64, tested), and on AVX2+FMA the n = 16 float32 recurrences are hand-vectorised
 (states in two ymm registers, dot products reduced 8 steps at a time). float64 keeps libm's exp/log1p.
 
-Forward and backward are both fused. The backward recomputes each row's states (l*n values per thread, no
-(b, d, l, n) tensor is ever allocated) and runs the reverse recurrence; softplus, delta_bias, D and the z gate
-are fused too. float32 and float64 run natively; half precision is computed in float32.
+Forward and backward are both fused; softplus, delta_bias, D and the z gate are fused too. float32 and float64
+run natively; half precision is computed in float32.
+
+Since issue 27 the plain scan walks the sequence in chunks of ``CHUNK`` (512) steps, every row of a thread per
+chunk (csrc/scan_impl.inc, "Chunking"), so its working set stays in the L2 cache at any length: time per
+(channel, token) at L = 2M is that of L = 4K. B and C are read in the caller's (b, g, n, l) layout (copied
+time-major a chunk at a time inside the kernel), dB and dC written the same way: no transposed copies. The
+forward saves the state at each chunk start when a backward will follow ((b*d, l/CHUNK, n), 1/32 of u's size at
+n = 16); the backward visits chunks last to first, recomputing each from its checkpoint. Threads never wait for
+each other (a (batch, group) whose channels two threads share gets its dB/dC chunks added under a mutex). Large
+fresh outputs get huge-page advice (see ``_empty_like``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -46,6 +55,8 @@ _SRC_DIR = Path(__file__).with_name("csrc")
 _lock = threading.Lock()
 _lib = None
 _error: str | None = None
+build_flags: list[str] = []
+"""The compiler flags of the loaded kernel (empty until it is built or loaded)."""
 
 
 def _cache_dir() -> Path:
@@ -72,10 +83,15 @@ def _build() -> ctypes.CDLL:
     # OpenMP first (shares PyTorch's libgomp thread pool), then pthreads; -march=native first, then generic.
     # -march=native alone can leave 128-bit vectors preferred (e.g. a VM whose CPU reports itself as znver1):
     # ask for the full register width; the recurrence over n = 16 states is one or two vectors then.
-    width = "-mprefer-vector-width=512" if " avx512f" in _cpu_signature() else "-mprefer-vector-width=256"
-    attempts = [["-O3", "-ffast-math", "-march=native", width, "-fopenmp"],
-                ["-O3", "-ffast-math", "-march=native", "-fopenmp"], ["-O3", "-ffast-math", "-fopenmp"],
-                ["-O3", "-ffast-math", "-march=native", "-fopenmp-simd"], ["-O3", "-ffast-math", "-fopenmp-simd"]]
+    # MAMBASEG_NATIVE_MARCH (e.g. x86-64-v3 = AVX2+FMA) builds for that instruction set instead of this CPU's:
+    # how the AVX2 code is tested on an AVX-512 machine.
+    march = os.environ.get("MAMBASEG_NATIVE_MARCH", "").strip() or "native"
+    arch = f"-march={march}"
+    width = "-mprefer-vector-width=512" if march == "native" and " avx512f" in _cpu_signature() \
+        else "-mprefer-vector-width=256"
+    attempts = [["-O3", "-ffast-math", arch, width, "-fopenmp"],
+                ["-O3", "-ffast-math", arch, "-fopenmp"], ["-O3", "-ffast-math", "-fopenmp"],
+                ["-O3", "-ffast-math", arch, "-fopenmp-simd"], ["-O3", "-ffast-math", "-fopenmp-simd"]]
     errors = []
     for flags in attempts:
         key = hashlib.sha256(src + " ".join([cc, *flags]).encode() + _cpu_signature().encode()).hexdigest()[:16]
@@ -87,6 +103,7 @@ def _build() -> ctypes.CDLL:
         so = out_dir / "scan_kernel.so"
         if so.exists():
             try:
+                build_flags[:] = flags
                 return _load(so)
             except OSError as e:  # stale or foreign file: rebuild it
                 errors.append(f"cached {so}: {e}")
@@ -111,6 +128,7 @@ def _build() -> ctypes.CDLL:
                 errors.append(str(e))
                 continue
         try:
+            build_flags[:] = flags
             return _load(so)
         except OSError as e:
             errors.append(f"loading {so}: {e}")
@@ -119,15 +137,15 @@ def _build() -> ctypes.CDLL:
 
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    if lib.mambaseg_scan_abi_version() != 3:
+    if lib.mambaseg_scan_abi_version() != 4:
         raise OSError("ABI version mismatch")
     P, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suf in ("f32", "f64"):
         f = getattr(lib, f"ss_forward_{suf}")
-        f.argtypes = [P] * 8 + [I64] * 5 + [I, P, P, I]
+        f.argtypes = [P] * 8 + [I64] * 5 + [I, P, P, P, I64, I]
         f.restype = I
         f = getattr(lib, f"ss_backward_{suf}")
-        f.argtypes = [P] * 10 + [I64] * 5 + [I] + [P] * 8 + [I]
+        f.argtypes = [P] * 11 + [I64] * 6 + [I] + [P] * 8 + [I]
         f.restype = I
         f = getattr(lib, f"cs_forward_{suf}")  # noqa: E501
         f.argtypes = [P] * 8 + [I64] * 4 + [I, P, I]
@@ -169,6 +187,39 @@ def why_unavailable() -> str:
     return _error or ""
 
 
+_HUGE = 2 << 20
+_libc = None
+
+
+def _empty_like(t: torch.Tensor) -> torch.Tensor:
+    """torch.empty_like(t), with transparent huge pages requested for the new buffer's 2 MB-aligned interior
+    (``madvise(MADV_HUGEPAGE)``, Linux, buffers of 8 MB and more) before anything touches it. Outputs of the
+    scan at volumetric lengths are hundreds of MB, freshly mapped on every call; with 4 KB pages their first
+    touch (page faults and zeroing) cost about as much as the scan's arithmetic on the machines measured
+    (``scan_notes.md`` section 5; the glibc.malloc.hugetlb=1 tunable does the same for the whole process, but only
+    if set before Python starts). Where THP is disabled the call changes nothing; MAMBASEG_NATIVE_HUGEPAGES=0
+    turns it off."""
+    global _libc
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    nbytes = out.numel() * out.element_size()
+    if nbytes < 4 * _HUGE or not sys.platform.startswith("linux") or \
+            os.environ.get("MAMBASEG_NATIVE_HUGEPAGES", "1") == "0":
+        return out
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _libc.madvise.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        start = (out.data_ptr() + _HUGE - 1) & ~(_HUGE - 1)
+        end = (out.data_ptr() + nbytes) & ~(_HUGE - 1)
+        if end > start:
+            _libc.madvise(start, end - start, 14)  # MADV_HUGEPAGE; a failure only means 4 KB pages
+    return out
+
+
 def _ptr(t):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -177,48 +228,61 @@ def _nthreads() -> int:
     return max(1, torch.get_num_threads())
 
 
+CHUNK = 512
+"""Steps per chunk of the plain scan (see "Chunking" in csrc/scan_impl.inc): each thread walks the sequence in
+chunks of this many steps, all its rows per chunk, so the chunk's B/C, recomputed states and dB/dC stay in the
+L2 cache at any length. 512 steps at n = 16 is about 200 KB of working set per thread. Read at each call (tests
+set small values to put chunk boundaries anywhere)."""
+
+
+def _chunking(l: int) -> tuple[int, int]:
+    """(steps per chunk, number of chunks) for length l, as the C kernel computes them."""
+    t = CHUNK if 0 < CHUNK < l else max(l, 1)
+    return t, -(-l // t)
+
+
 class _NativeScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
-        # u, delta, z: (b, d, l); A: (d, n); B, C: (b, g, l, n); D, bias: (d,): all contiguous, one dtype.
+        # u, delta, z: (b, d, l); A: (d, n); B, C: (b, g, n, l); D, bias: (d,): all contiguous, one dtype.
         lib = get_lib()
         b, d, l = u.shape
         n, g = A.shape[1], B.shape[1]
-        out = torch.empty_like(u)
+        out = _empty_like(u)
         last = u.new_empty(b, d, n)
+        chunk, nchunks = _chunking(l)
+        # the state at the start of every chunk, for the backward (1/chunk of the (b, d, l, n) states)
+        ckpt = u.new_empty(b * d, nchunks, n) if any(ctx.needs_input_grad) else None
         fn = lib.ss_forward_f64 if u.dtype == torch.float64 else lib.ss_forward_f32
         rc = fn(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _ptr(bias),
-                b, d, l, n, g, int(softplus), _ptr(out), _ptr(last), _nthreads())
+                b, d, l, n, g, int(softplus), _ptr(out), _ptr(last), _ptr(ckpt), chunk, _nthreads())
         if rc != 0:
             raise RuntimeError(f"native selective scan failed (code {rc}); n={n} must be <= 256")
-        ctx.save_for_backward(u, delta, A, B, C, D, z, bias)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, bias, ckpt)
         ctx.softplus = softplus
+        ctx.chunk = chunk
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, bias = ctx.saved_tensors
+        u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
         lib = get_lib()
         b, d, l = u.shape
         n, g = A.shape[1], B.shape[1]
         dout = dout.contiguous()
         dlast = None if dlast is None else dlast.contiguous()
-        nt = min(_nthreads(), b * d, 64)
-        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        du, ddelta = _empty_like(u), _empty_like(u)
         dA_rows = u.new_empty(b, d, n)
-        dB_parts = u.new_zeros(nt, b, g, l, n)
-        dC_parts = u.new_zeros(nt, b, g, l, n)
+        dB, dC = _empty_like(B), _empty_like(C)
         dD_rows = u.new_empty(b, d)
         dbias_rows = u.new_empty(b, d)
-        dz = torch.empty_like(u) if z is not None else None
+        dz = _empty_like(u) if z is not None else None
         fn = lib.ss_backward_f64 if u.dtype == torch.float64 else lib.ss_backward_f32
         rc = fn(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _ptr(bias), _ptr(dout),
-                _ptr(dlast), b, d, l, n, g, int(ctx.softplus), _ptr(du), _ptr(ddelta), _ptr(dA_rows),
-                _ptr(dB_parts), _ptr(dC_parts), _ptr(dD_rows), _ptr(dz), _ptr(dbias_rows), nt)
+                _ptr(dlast), _ptr(ckpt), ctx.chunk, b, d, l, n, g, int(ctx.softplus), _ptr(du), _ptr(ddelta),
+                _ptr(dA_rows), _ptr(dB), _ptr(dC), _ptr(dD_rows), _ptr(dz), _ptr(dbias_rows), _nthreads())
         if rc != 0:
             raise RuntimeError(f"native selective scan backward failed (code {rc})")
-        dB = dB_parts.sum(0) if nt > 1 else dB_parts[0]
-        dC = dC_parts.sum(0) if nt > 1 else dC_parts[0]
         return (du, ddelta, dA_rows.sum(0), dB, dC,
                 dD_rows.sum(0) if D is not None else None, dz,
                 dbias_rows.sum(0) if bias is not None else None, None)
@@ -233,11 +297,10 @@ def selective_scan_native(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return None if t is None else t.to(ct).contiguous()
 
     B4, C4 = as_grouped(B, C)
-    Bt = B4.to(ct).transpose(-1, -2).contiguous()                               # (b, g, l, n), time-major
-    Ct = C4.to(ct).transpose(-1, -2).contiguous()
-    # autograd maps dB, dC (b, g, l, n) back through the transpose / expand / unsqueeze to the caller's layout
-    out, last = _NativeScan.apply(prep(u), prep(delta), prep(A), Bt, Ct, prep(D), prep(z), prep(delta_bias),
-                                  bool(delta_softplus))
+    # (b, g, n, l) as given: the kernel copies B/C time-major one cache-sized chunk at a time. contiguous() copies
+    # only when one of B, C is grouped and the other is not (an expanded view); autograd sums dB/dC back.
+    out, last = _NativeScan.apply(prep(u), prep(delta), prep(A), prep(B4), prep(C4), prep(D), prep(z),
+                                  prep(delta_bias), bool(delta_softplus))
     out = out.to(dtype_in)
     return (out, last) if return_last_state else out
 

@@ -5,8 +5,10 @@ steps. Inside a chunk the first-order recurrence ``x_t = a_t x_{t-1} + b_t`` is 
 the (BLOCK_D, N, BLOCK_L) tile with the combine ``(a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2)``; the state
 carried between chunks stays in registers, in fp32 (inputs may be fp16/bf16/fp32).
 
-Backward: the forward stores only the state at the start of each chunk (b, d, chunks, N). Chunks are then
-visited in reverse: the chunk's states are recomputed from its start state, the adjoint recurrence
+Backward: the forward stores only the state at the start of each segment of 512 steps (b, d, l / 512, N, like the
+native kernel's chunks). Segments are visited in reverse; in each, the start states of its chunks are recomputed
+into a small scratch, then its chunks are visited in reverse: the chunk's states are recomputed from its start
+state, the adjoint recurrence
 ``g_t = dy_t C_t + exp(dt_{t+1} A) g_{t+1}`` is a reverse associative scan, and the gradients follow without
 any shifted state, because ``exp(dt_t A) x_{t-1} = x_t - dt_t u_t B_t``:
 
@@ -100,10 +102,11 @@ if triton is not None:
 
     @triton.jit
     def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, starts_ptr,
-                    d, l, n, g, hd, nchunks, h, w,
+                    d, l, n, g, hd, nchunks, nsegs, h, w,
                     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     NDIR: tl.constexpr, CROSS: tl.constexpr,
-                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+                    SEG_TILES: tl.constexpr):
         pid_b = tl.program_id(0)
         pid_d = tl.program_id(1)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -119,7 +122,9 @@ if triton is not None:
                 Dv = tl.load(D_ptr + a_row, mask=md, other=0.0).to(tl.float32)
             for c in range(0, nchunks):
                 t0 = c * BLOCK_L
-                tl.store(starts_ptr + ((srow * nchunks + c)[:, None] * n + offs_n[None, :]), x, mask=mdn)
+                # the state at the start of each segment of SEG_TILES chunks (the backward's checkpoints)
+                tl.store(starts_ptr + ((srow * nsegs + c // SEG_TILES)[:, None] * n + offs_n[None, :]), x,
+                         mask=mdn & (c % SEG_TILES == 0))
                 u, dt, sig, A, Bt, Ct, m2, m3, urow, dtrow, bc = _load_chunk(
                     u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, u_base, dt_base, a_row, bc_base, offs_d,
                     offs_n, t0 + offs_l, k, d, l, n, h, w, SOFTPLUS, HAS_BIAS, CROSS)
@@ -141,12 +146,13 @@ if triton is not None:
             tl.store(last_ptr + (srow[:, None] * n + offs_n[None, :]), x, mask=mdn)
 
     @triton.jit
-    def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, starts_ptr, dout_ptr, dlast_ptr,
-                    du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
-                    d, l, n, g, hd, nchunks, h, w,
+    def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, starts_ptr, scratch_ptr, dout_ptr,
+                    dlast_ptr, du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
+                    d, l, n, g, hd, nchunks, nsegs, h, w,
                     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_DLAST: tl.constexpr, NDIR: tl.constexpr, CROSS: tl.constexpr,
-                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+                    SEG_TILES: tl.constexpr):
         pid_b = tl.program_id(0)
         pid_d = tl.program_id(1)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -166,57 +172,78 @@ if triton is not None:
             dA_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
             dD_acc = tl.zeros((BLOCK_D,), tl.float32)
             dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
-            for cc in range(0, nchunks):
-                c = nchunks - 1 - cc
-                t0 = c * BLOCK_L
-                x0 = tl.load(starts_ptr + ((srow * nchunks + c)[:, None] * n + offs_n[None, :]), mask=mdn,
-                             other=0.0)
-                u, dt, sig, A, Bt, Ct, m2, m3, urow, dtrow, bc = _load_chunk(
-                    u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, u_base, dt_base, a_row, bc_base, offs_d,
-                    offs_n, t0 + offs_l, k, d, l, n, h, w, SOFTPLUS, HAS_BIAS, CROSS)
-                dA = tl.exp(dt[:, None, :] * A[:, :, None])
-                dBu = (dt * u)[:, None, :] * Bt
-                aa, hh = tl.associative_scan((dA, dBu), axis=2, combine_fn=_combine)
-                hs = hh + aa * x0[:, :, None]                                 # states x_t of the chunk
-                dout = tl.load(dout_ptr + urow, mask=m2, other=0.0).to(tl.float32)
-                dy = dout
-                if HAS_Z:
-                    z = tl.load(z_ptr + urow, mask=m2, other=0.0).to(tl.float32)
-                    y = tl.sum(hs * Ct, axis=1)
+            for sc in range(0, nsegs):
+                sg = nsegs - 1 - sc
+                ntiles = tl.minimum(nchunks - sg * SEG_TILES, SEG_TILES)
+                # forward over the segment from its checkpoint: each chunk's start state into this program's
+                # scratch rows (b, ndir*d, SEG_TILES, n)
+                x = tl.load(starts_ptr + ((srow * nsegs + sg)[:, None] * n + offs_n[None, :]), mask=mdn,
+                            other=0.0)
+                for ti in range(0, ntiles):
+                    t0 = (sg * SEG_TILES + ti) * BLOCK_L
+                    tl.store(scratch_ptr + ((srow * SEG_TILES + ti)[:, None] * n + offs_n[None, :]), x, mask=mdn)
+                    u, dt, sig, A, Bt, Ct, m2, m3, urow, dtrow, bc = _load_chunk(
+                        u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, u_base, dt_base, a_row, bc_base, offs_d,
+                        offs_n, t0 + offs_l, k, d, l, n, h, w, SOFTPLUS, HAS_BIAS, CROSS)
+                    aa, hh = tl.associative_scan((tl.exp(dt[:, None, :] * A[:, :, None]), (dt * u)[:, None, :] * Bt),
+                                                 axis=2, combine_fn=_combine)
+                    hs = hh + aa * x[:, :, None]
+                    last_col = (offs_l == tl.minimum(l - t0, BLOCK_L) - 1)[None, None, :]
+                    x = tl.sum(tl.where(last_col, hs, 0.0), axis=2)
+                tl.debug_barrier()
+                # then the segment's chunks last to first
+                for tj in range(0, ntiles):
+                    ti = ntiles - 1 - tj
+                    c = sg * SEG_TILES + ti
+                    t0 = c * BLOCK_L
+                    x0 = tl.load(scratch_ptr + ((srow * SEG_TILES + ti)[:, None] * n + offs_n[None, :]), mask=mdn,
+                                 other=0.0)
+                    u, dt, sig, A, Bt, Ct, m2, m3, urow, dtrow, bc = _load_chunk(
+                        u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, u_base, dt_base, a_row, bc_base, offs_d,
+                        offs_n, t0 + offs_l, k, d, l, n, h, w, SOFTPLUS, HAS_BIAS, CROSS)
+                    dA = tl.exp(dt[:, None, :] * A[:, :, None])
+                    dBu = (dt * u)[:, None, :] * Bt
+                    aa, hh = tl.associative_scan((dA, dBu), axis=2, combine_fn=_combine)
+                    hs = hh + aa * x0[:, :, None]                                 # states x_t of the chunk
+                    dout = tl.load(dout_ptr + urow, mask=m2, other=0.0).to(tl.float32)
+                    dy = dout
+                    if HAS_Z:
+                        z = tl.load(z_ptr + urow, mask=m2, other=0.0).to(tl.float32)
+                        y = tl.sum(hs * Ct, axis=1)
+                        if HAS_D:
+                            y = y + u * Dv[:, None]
+                        s = 1.0 / (1.0 + tl.exp(-z))
+                        tl.store(dz_ptr + urow, dout * y * s * (1.0 + z * (1.0 - s)), mask=m2)
+                        dy = dout * z * s
+                    # decays of the next step, exp(dt_{t+1} A), with the carry entering at the chunk's last step
+                    u2, dt2, sig2, A2, Bt2, Ct2, m22, m32, urow2, dtrow2, bc2 = _load_chunk(
+                        u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, u_base, dt_base, a_row, bc_base, offs_d,
+                        offs_n, t0 + 1 + offs_l, k, d, l, n, h, w, SOFTPLUS, HAS_BIAS, CROSS)
+                    last_col = (offs_l == tl.minimum(l - t0, BLOCK_L) - 1)[None, None, :]
+                    a_next = tl.where(last_col, 0.0, tl.exp(dt2[:, None, :] * A[:, :, None]))
+                    b_in = dy[:, None, :] * Ct + tl.where(last_col, carry[:, :, None], 0.0)
+                    b_in = tl.where(m3, b_in, 0.0)
+                    _, G = tl.associative_scan((a_next, b_in), axis=2, combine_fn=_combine, reverse=True)
+                    first_col = (offs_l == 0)[None, None, :]
+                    carry = tl.sum(tl.where(first_col, G * dA, 0.0), axis=2)
+                    xa = hs - dBu                                                  # exp(dt_t A) x_{t-1}
+                    ddt = tl.sum(G * (A[:, :, None] * xa + u[:, None, :] * Bt), axis=1)
+                    dA_acc += tl.sum(G * xa * dt[:, None, :], axis=2)
+                    du = tl.sum(G * Bt, axis=1) * dt
                     if HAS_D:
-                        y = y + u * Dv[:, None]
-                    s = 1.0 / (1.0 + tl.exp(-z))
-                    tl.store(dz_ptr + urow, dout * y * s * (1.0 + z * (1.0 - s)), mask=m2)
-                    dy = dout * z * s
-                # decays of the next step, exp(dt_{t+1} A), with the carry entering at the chunk's last step
-                u2, dt2, sig2, A2, Bt2, Ct2, m22, m32, urow2, dtrow2, bc2 = _load_chunk(
-                    u_ptr, dt_ptr, bias_ptr, B_ptr, C_ptr, A_ptr, u_base, dt_base, a_row, bc_base, offs_d,
-                    offs_n, t0 + 1 + offs_l, k, d, l, n, h, w, SOFTPLUS, HAS_BIAS, CROSS)
-                last_col = (offs_l == tl.minimum(l - t0, BLOCK_L) - 1)[None, None, :]
-                a_next = tl.where(last_col, 0.0, tl.exp(dt2[:, None, :] * A[:, :, None]))
-                b_in = dy[:, None, :] * Ct + tl.where(last_col, carry[:, :, None], 0.0)
-                b_in = tl.where(m3, b_in, 0.0)
-                _, G = tl.associative_scan((a_next, b_in), axis=2, combine_fn=_combine, reverse=True)
-                first_col = (offs_l == 0)[None, None, :]
-                carry = tl.sum(tl.where(first_col, G * dA, 0.0), axis=2)
-                xa = hs - dBu                                                  # exp(dt_t A) x_{t-1}
-                ddt = tl.sum(G * (A[:, :, None] * xa + u[:, None, :] * Bt), axis=1)
-                dA_acc += tl.sum(G * xa * dt[:, None, :], axis=2)
-                du = tl.sum(G * Bt, axis=1) * dt
-                if HAS_D:
-                    du = du + dy * Dv[:, None]
-                    dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), axis=1)
-                ddt = tl.where(m2, ddt * sig, 0.0)
-                dbias_acc += tl.sum(ddt, axis=1)
-                if CROSS:   # u is shared by the four directions: accumulate (this program owns these rows)
-                    du = du + tl.load(du_ptr + urow, mask=m2, other=0.0)
-                tl.store(du_ptr + urow, du, mask=m2)
-                tl.store(ddt_ptr + dtrow, ddt, mask=m2)
-                # B/C gradients: reduce over this program's channels of each group, then add atomically
-                gB = G * (dt * u)[:, None, :]
-                gC = dy[:, None, :] * hs
-                tl.atomic_add(dB_ptr + bc, gB, mask=m3)
-                tl.atomic_add(dC_ptr + bc, gC, mask=m3)
+                        du = du + dy * Dv[:, None]
+                        dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), axis=1)
+                    ddt = tl.where(m2, ddt * sig, 0.0)
+                    dbias_acc += tl.sum(ddt, axis=1)
+                    if CROSS:   # u is shared by the four directions: accumulate (this program owns these rows)
+                        du = du + tl.load(du_ptr + urow, mask=m2, other=0.0)
+                    tl.store(du_ptr + urow, du, mask=m2)
+                    tl.store(ddt_ptr + dtrow, ddt, mask=m2)
+                    # B/C gradients: reduce over this program's channels of each group, then add atomically
+                    gB = G * (dt * u)[:, None, :]
+                    gC = dy[:, None, :] * hs
+                    tl.atomic_add(dB_ptr + bc, gB, mask=m3)
+                    tl.atomic_add(dC_ptr + bc, gC, mask=m3)
             tl.store(dA_ptr + (srow[:, None] * n + offs_n[None, :]), dA_acc, mask=mdn)
             if HAS_D:
                 tl.store(dD_ptr + srow, dD_acc, mask=md)
@@ -237,6 +264,18 @@ def _blocks(d, n, l, backward=False):
     return BD, BN, BL
 
 
+SEG_STEPS = 512
+"""Steps between the backward's checkpoints (as the native kernel's chunks, ``scan_native.CHUNK``): the forward
+stores the state only at the start of every segment of ``SEG_STEPS // BLOCK_L`` chunks, (b, d, l / 512, n)
+instead of one state per 16-step chunk, which at n = 16 was as large as u itself; the backward recomputes a
+segment's chunk start states into a small per-program scratch (b, d, SEG_STEPS // BLOCK_L, n), then walks its
+chunks last to first."""
+
+
+def _seg_tiles(block_l: int) -> int:
+    return max(1, SEG_STEPS // block_l)
+
+
 class _TritonScan(torch.autograd.Function):
     """Plain scan (``hw is None``): u, delta (b, d, l), B/C (b, g, n, l). Fused cross scan (``hw = (h, w)``):
     u (b, d, l) row-major, delta (b, 4, d, l), B/C (b, 4, n, l), A (4d, n); out (b, d, l) is the merge."""
@@ -250,16 +289,19 @@ class _TritonScan(torch.autograd.Function):
         h, w = hw if cross else (0, 0)
         BD, BN, BL = _blocks(d, n, l)
         nchunks = triton.cdiv(l, BL)
+        seg = _seg_tiles(BL)
+        nsegs = triton.cdiv(nchunks, seg)
         f32 = dict(device=u.device, dtype=torch.float32)
         out = (torch.zeros if cross else torch.empty)(b, d, l, **f32)
         last = torch.empty(b, ndir * d, n, **f32)
-        starts = torch.empty(b, ndir * d, nchunks, n, **f32)
+        starts = torch.empty(b, ndir * d, nsegs, n, **f32)
         dummy = out
         grid = (b, triton.cdiv(d, BD))
         _fwd_kernel[grid](u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-                          bias if bias is not None else dummy, out, last, starts, d, l, n, g, d // g, nchunks, h, w,
-                          SOFTPLUS=softplus, HAS_BIAS=bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
-                          NDIR=ndir, CROSS=cross, BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL)
+                          bias if bias is not None else dummy, out, last, starts, d, l, n, g, d // g, nchunks, nsegs,
+                          h, w, SOFTPLUS=softplus, HAS_BIAS=bias is not None, HAS_D=D is not None,
+                          HAS_Z=z is not None, NDIR=ndir, CROSS=cross, BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL,
+                          SEG_TILES=seg)
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, starts)
         ctx.softplus, ctx.hw = softplus, hw
         return out, last
@@ -273,8 +315,12 @@ class _TritonScan(torch.autograd.Function):
         ndir = 4 if cross else 1
         h, w = ctx.hw if cross else (0, 0)
         BD, BN, BL = _blocks(d, n, l, backward=True)
-        nchunks = starts.shape[2]
+        nchunks = triton.cdiv(l, BL)
+        seg = _seg_tiles(BL)
+        nsegs = starts.shape[2]
+        assert nsegs == triton.cdiv(nchunks, seg)
         f32 = dict(device=u.device, dtype=torch.float32)
+        scratch = torch.empty(b, ndir * d, seg, n, **f32)
         du = (torch.zeros if cross else torch.empty)(b, d, l, **f32)
         ddt = torch.empty(delta.shape, **f32)
         dA = torch.empty(b, ndir * d, n, **f32)
@@ -284,13 +330,13 @@ class _TritonScan(torch.autograd.Function):
         dummy = du
         grid = (b, triton.cdiv(d, BD))
         _bwd_kernel[grid](u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-                          bias if bias is not None else dummy, starts, dout.contiguous(),
+                          bias if bias is not None else dummy, starts, scratch, dout.contiguous(),
                           dlast.contiguous() if dlast is not None else dummy,
                           du, ddt, dA, dB, dC, dD, dz if dz is not None else dummy, dbias,
-                          d, l, n, g, d // g, nchunks, h, w,
+                          d, l, n, g, d // g, nchunks, nsegs, h, w,
                           SOFTPLUS=ctx.softplus, HAS_BIAS=bias is not None, HAS_D=D is not None,
                           HAS_Z=z is not None, HAS_DLAST=dlast is not None, NDIR=ndir, CROSS=cross,
-                          BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL)
+                          BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, SEG_TILES=seg)
         return (du.to(u.dtype), ddt.to(delta.dtype), dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.sum(0).to(D.dtype) if D is not None else None, dz.to(z.dtype) if z is not None else None,
                 dbias.sum(0).to(bias.dtype) if bias is not None else None, None, None)

@@ -38,7 +38,7 @@ def aot_configs(full: bool = False) -> List[Tuple[str, str, str, dict]]:
     blocks); bf16 inputs for the fused cross scan. ``full=True`` adds bf16 for every one and the short-sequence
     block size (L < 16: BLOCK_L = 4) that only tiny inputs reach.
     """
-    from .scan_triton import _blocks
+    from .scan_triton import _blocks, _seg_tiles
 
     cases = [(16, False, False, 4096), (16, True, False, 4096), (16, False, True, 4096), (1, False, True, 4096)]
     if full:
@@ -52,7 +52,7 @@ def aot_configs(full: bool = False) -> List[Tuple[str, str, str, dict]]:
             for kind, kernel in (("fwd", "_fwd_kernel"), ("bwd", "_bwd_kernel")):
                 BD, BN, BL = _blocks(64, n, l, backward=kind == "bwd")
                 c = dict(SOFTPLUS=True, HAS_BIAS=True, HAS_D=True, HAS_Z=z, NDIR=4 if cross else 1, CROSS=cross,
-                         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL)
+                         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, SEG_TILES=_seg_tiles(BL))
                 if kind == "bwd":
                     c["HAS_DLAST"] = False
                 out.append((f"{kind}_{tag}_bd{BD}_bl{BL}", kernel, dtype, c))

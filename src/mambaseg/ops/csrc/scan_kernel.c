@@ -7,13 +7,14 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #define MAXN 256
 
-int mambaseg_scan_abi_version(void) { return 3; }
+int mambaseg_scan_abi_version(void) { return 4; }
 
 int mambaseg_scan_uses_openmp(void) {
 #ifdef _OPENMP
@@ -100,11 +101,11 @@ static inline float ms_hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Forward over one row, n = 16 (see row_forward in scan_impl.inc for the contract). */
+/* Forward over one row (or one chunk of a row), n = 16 (see row_forward in scan_impl.inc for the contract). */
 static void ms_row_forward16(const float *u, const float *dt, const float *A, const float *B, const float *C,
-                             float Dv, int64_t l, float *y, float *xs, float *es, float *x_last) {
+                             float Dv, int64_t l, float *y, float *xs, float *es, float *x) {
     const __m256 A0 = _mm256_loadu_ps(A), A1 = _mm256_loadu_ps(A + 8);
-    __m256 x0 = _mm256_setzero_ps(), x1 = _mm256_setzero_ps();
+    __m256 x0 = x ? _mm256_loadu_ps(x) : _mm256_setzero_ps(), x1 = x ? _mm256_loadu_ps(x + 8) : _mm256_setzero_ps();
     int64_t t = 0;
 #define MS_FWD_STEP(tt, ACC)                                                                                   \
     do {                                                                                                       \
@@ -130,18 +131,21 @@ static void ms_row_forward16(const float *u, const float *dt, const float *A, co
         y[t] = ms_hsum(acc) + Dv * u[t];
     }
 #undef MS_FWD_STEP
-    if (x_last) { _mm256_storeu_ps(x_last, x0); _mm256_storeu_ps(x_last + 8, x1); }
+    if (x) { _mm256_storeu_ps(x, x0); _mm256_storeu_ps(x + 8, x1); }
 }
 
-/* Backward over one row, n = 16 (contract of row_backward in scan_impl.inc; xs/es from ms_row_forward16). */
+/* Backward over one row (or one chunk of a row), n = 16 (contract of row_backward in scan_impl.inc; xs/es from
+ * ms_row_forward16). */
 static void ms_row_backward16(const float *u, const float *dt, const float *sig, const float *A, const float *B,
                               const float *C, const float *dy, const float *xs, const float *es,
-                              const float *dlast, int64_t l, float *du, float *ddelta, float *dA, float *dB,
-                              float *dC, float *dbias) {
+                              const float *xinit, float *gx, int64_t l, float *du, float *ddelta, float *dA,
+                              float *dB, float *dC, float *dbias) {
     const __m256 A0 = _mm256_loadu_ps(A), A1 = _mm256_loadu_ps(A + 8);
-    __m256 g0 = dlast ? _mm256_loadu_ps(dlast) : _mm256_setzero_ps();
-    __m256 g1 = dlast ? _mm256_loadu_ps(dlast + 8) : _mm256_setzero_ps();
-    __m256 dA0 = _mm256_setzero_ps(), dA1 = _mm256_setzero_ps();
+    __m256 g0 = gx ? _mm256_loadu_ps(gx) : _mm256_setzero_ps();
+    __m256 g1 = gx ? _mm256_loadu_ps(gx + 8) : _mm256_setzero_ps();
+    const __m256 xi0 = xinit ? _mm256_loadu_ps(xinit) : _mm256_setzero_ps();
+    const __m256 xi1 = xinit ? _mm256_loadu_ps(xinit + 8) : _mm256_setzero_ps();
+    __m256 dA0 = _mm256_loadu_ps(dA), dA1 = _mm256_loadu_ps(dA + 8);
     float dbias_acc = 0;
     int64_t t = l - 1;
 #define MS_BWD_STEP(tt, SA, SB)                                                                                \
@@ -155,7 +159,7 @@ static void ms_row_backward16(const float *u, const float *dt, const float *sig,
         _mm256_storeu_ps(dCt, _mm256_fmadd_ps(dyv, _mm256_loadu_ps(xt), _mm256_loadu_ps(dCt)));               \
         _mm256_storeu_ps(dCt + 8, _mm256_fmadd_ps(dyv, _mm256_loadu_ps(xt + 8), _mm256_loadu_ps(dCt + 8)));   \
         const __m256 e0 = _mm256_loadu_ps(et), e1 = _mm256_loadu_ps(et + 8);                                  \
-        __m256 p0 = _mm256_setzero_ps(), p1 = _mm256_setzero_ps();                                            \
+        __m256 p0 = xi0, p1 = xi1;                                                                             \
         if ((tt) > 0) { p0 = _mm256_loadu_ps(xt - 16); p1 = _mm256_loadu_ps(xt - 8); }                        \
         const __m256 gde0 = _mm256_mul_ps(_mm256_mul_ps(k0, p0), e0);                                          \
         const __m256 gde1 = _mm256_mul_ps(_mm256_mul_ps(k1, p1), e1);                                          \
@@ -193,7 +197,8 @@ static void ms_row_backward16(const float *u, const float *dt, const float *sig,
 #undef MS_BWD_STEP
     _mm256_storeu_ps(dA, dA0);
     _mm256_storeu_ps(dA + 8, dA1);
-    *dbias = dbias_acc;
+    if (gx) { _mm256_storeu_ps(gx, g0); _mm256_storeu_ps(gx + 8, g1); }
+    *dbias += dbias_acc;
 }
 #endif
 
