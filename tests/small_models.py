@@ -28,6 +28,7 @@ SMALL = {
     # 3-D networks: a (D, H, W) = (8, 16, 32) plan (strides (2,2,2), (1,2,2)), tiny widths
     "umamba_bot_3d": dict(patch_size=(8, 16, 32), features_per_stage=[8, 16, 32]),
     "umamba_enc_3d": dict(patch_size=(8, 16, 32), features_per_stage=[8, 16, 32]),
+    "umamba_nomamba_3d": dict(patch_size=(8, 16, 32), features_per_stage=[8, 16, 32]),
     "lkm_unet_3d": dict(patch_size=(8, 16, 32), features_per_stage=[8, 16, 32]),
     "nnunet_3d": dict(patch_size=(8, 16, 32), features_per_stage=[8, 16, 32]),
     "nnunet_resenc_3d": dict(patch_size=(8, 16, 32), features_per_stage=[8, 16, 32]),
