@@ -18,6 +18,8 @@ from small_models import small_model  # noqa: E402
 
 SMALL_SIZE = SIZE = 32
 SIZES = {"umamba_bot": 64, "umamba_enc": 64, "lkm_unet": 64}  # the nnU-Net 64x64 plan (divisor 64)
+# 3-D networks: a (D, H, W) volume
+SIZES.update({n: (32, 16, 32) for n in ("segmamba", "nnmamba", "nnmamba_ds")})
 
 
 def _probs(y):
@@ -38,10 +40,11 @@ def test_onnxruntime_matches_pytorch(name, tmp_path):
     kwargs = {"img_size": SIZE} if name == "swin_unet" else {}
     model = small_model(name, num_classes=3, **kwargs).eval()
     info = to_onnx(model, tmp_path / "m.onnx", size=SIZE)
-    assert info["input_shape"] == [3, SIZE, SIZE]
+    sides = tuple(SIZE) if isinstance(SIZE, tuple) else (SIZE, SIZE)
+    assert info["input_shape"] == [3, *sides]
     sess = onnx_session(info["path"], threads=1)
     for batch in (1, 3):                                             # the batch axis is dynamic
-        x = torch.randn(batch, 3, SIZE, SIZE)
+        x = torch.randn(batch, 3, *sides)
         with torch.no_grad():
             ref = _probs(model(x))
         got = _probs(run_onnx(sess, x))

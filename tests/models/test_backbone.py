@@ -13,10 +13,12 @@ from mambaseg.models.backbone import FeatureEncoder
 from small_models import SIZE, size_for, small_model  # noqa: F401
 
 
-def _to_nchw(t, c, h, w):
-    """A hooked tensor (channels-first, channels-last or (B, L, C) tokens) as (B, C, h, w)."""
-    if t.dim() == 4 and tuple(t.shape[1:]) == (c, h, w):
+def _to_nchw(t, c, *sides):
+    """A hooked tensor (channels-first, channels-last or (B, L, C) tokens) as (B, C, h, w) (or (B, C, d, h, w):
+    3-D networks hook channels-first maps)."""
+    if tuple(t.shape[1:]) == (c, *sides):
         return t
+    h, w = sides
     if t.dim() == 4 and tuple(t.shape[1:]) == (h, w, c):
         return t.permute(0, 3, 1, 2)
     if t.dim() == 3 and tuple(t.shape[1:]) == (h * w, c):
@@ -55,7 +57,7 @@ def test_feature_info_and_intermediates_match_the_full_network(name):
         hooked = _hooked_maps(model, x)
     assert len(feats) == len(info)
     for i, (f, t) in enumerate(zip(info, feats)):
-        shape = (2, f["num_chs"], SIZE[0] // f["reduction"], SIZE[1] // f["reduction"])
+        shape = (2, f["num_chs"], *(s // f["reduction"] for s in SIZE))
         assert tuple(t.shape) == shape, (i, tuple(t.shape), shape)
         ref = _to_nchw(hooked[i], *shape[1:])
         torch.testing.assert_close(t, ref, rtol=0, atol=0)

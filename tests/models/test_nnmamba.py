@@ -214,8 +214,8 @@ def test_deep_supervision_outputs():
     m.deep_supervision = "train"
     assert isinstance(m.train()(x), list) and torch.is_tensor(m.eval()(x))
     with pytest.raises(ValueError, match="needs variant='nnunet'"):
-        from mambaseg.models.networks.nnmamba import NNMambaSeg
-        NNMambaSeg(deep_supervision=True)
+        from mambaseg.models.networks.nnmamba import NNMambaBase
+        NNMambaBase(deep_supervision=True)
 
 
 def test_bad_inputs_one_clear_error():

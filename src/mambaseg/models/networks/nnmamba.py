@@ -59,7 +59,7 @@ from ..backbone import BackboneMixin
 from ..blocks.mamba1 import Mamba
 from ..registry import register_model
 
-__all__ = ["NNMambaSeg", "DoubleConv", "Attentionlayer", "BasicBlock", "MambaLayer", "MambaLayerDS"]
+__all__ = ["NNMambaSeg", "NNMambaSegDS", "DoubleConv", "Attentionlayer", "BasicBlock", "MambaLayer", "MambaLayerDS"]
 
 
 class DoubleConv(nn.Module):
@@ -173,7 +173,7 @@ def make_res_layer(inplanes: int, planes: int, blocks: int, stride: int, mamba_l
     return nn.Sequential(*layers)
 
 
-class NNMambaSeg(BackboneMixin, nn.Module):
+class NNMambaBase(BackboneMixin, nn.Module):
     """nnMamba segmentation network (Gong et al., ISBI 2025, arXiv:2402.03526). Input (B, in_channels, D, H, W),
     sides divisible by 16; output (B, num_classes, D, H, W) (non-negative, see the module docstring), or with
     ``deep_supervision`` (``nnunet`` variant) the list [full, 1/2, 1/4, 1/8].
@@ -270,18 +270,31 @@ class NNMambaSeg(BackboneMixin, nn.Module):
         return c8
 
 
+class NNMambaSeg(NNMambaBase):
+    """nnMamba, the README network (``nnMamba.py``): MICCSS Mamba layers, one output. See :class:`NNMambaBase`."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 6, channels: int = 32, blocks: int = 3):
+        super().__init__(in_channels, num_classes, channels, blocks, variant="readme")
+
+
+class NNMambaSegDS(NNMambaBase):
+    """nnMamba of the nnU-Net v1 fork (``nnunet/network_architecture/nnMamba.py``): plain Mamba layers,
+    deep-supervision heads. See :class:`NNMambaBase`."""
+
+    def __init__(self, in_channels: int = 4, num_classes: int = 4, channels: int = 32, blocks: int = 3,
+                 deep_supervision: Union[bool, str] = False):
+        super().__init__(in_channels, num_classes, channels, blocks, variant="nnunet", deep_supervision=deep_supervision)
+
+
 @register_model("nnmamba", paper="nnMamba (Gong et al., ISBI 2025, arXiv:2402.03526)", default_size=128,
                 spatial_dims=3)
-def nnmamba(in_channels: int = 1, num_classes: int = 16, channels: int = 32, blocks: int = 3) -> NNMambaSeg:
+def nnmamba(in_channels: int = 1, num_classes: int = 16, **kwargs) -> NNMambaSeg:
     """nnMamba (README network, nnMamba.py): residual 3-D CNN with shared MICCSS Mamba layers, SE skips."""
-    return NNMambaSeg(in_channels=in_channels, num_classes=num_classes, channels=channels, blocks=blocks,
-                      variant="readme")
+    return NNMambaSeg(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
 @register_model("nnmamba_ds", paper="nnMamba (Gong et al., ISBI 2025, arXiv:2402.03526), nnU-Net v1 network",
                 default_size=128, spatial_dims=3)
-def nnmamba_ds(in_channels: int = 4, num_classes: int = 4, channels: int = 32, blocks: int = 3,
-               deep_supervision: Union[bool, str] = False) -> NNMambaSeg:
+def nnmamba_ds(in_channels: int = 4, num_classes: int = 4, **kwargs) -> NNMambaSegDS:
     """nnMamba of the nnU-Net v1 trainers (BraTS 2023): plain shared Mamba layers, deep-supervision heads."""
-    return NNMambaSeg(in_channels=in_channels, num_classes=num_classes, channels=channels, blocks=blocks,
-                      variant="nnunet", deep_supervision=deep_supervision)
+    return NNMambaSegDS(in_channels=in_channels, num_classes=num_classes, **kwargs)
