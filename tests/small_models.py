@@ -27,13 +27,14 @@ SMALL = {
     "msvm_unet": dict(depths=(1, 1, 1, 1)),
     # 3-D networks (spatial_dims = 3): tiny widths, (D, H, W) sizes in FIXED_SIZE
     "segmamba": dict(depths=(1, 1, 1, 1), feat_size=(48, 8, 8, 8), hidden_size=8, num_slices="depth"),
+    "segmamba_v2": dict(depths=(1, 1, 1, 1), feat_size=(48, 8, 8, 8), hidden_size=8),
     "nnmamba": dict(channels=16),
     "nnmamba_ds": dict(channels=16),
 }
 # networks that take only one input size (their plan's): that size instead of SIZE
 FIXED_SIZE = {"umamba_enc": (64, 64),
               # 3-D networks: a (D, H, W) volume (not a cube, so axes cannot be confused)
-              "segmamba": (32, 16, 32), "nnmamba": (32, 16, 32), "nnmamba_ds": (32, 16, 32)}
+              "segmamba": (32, 16, 32), "segmamba_v2": (32, 16, 32), "nnmamba": (32, 16, 32), "nnmamba_ds": (32, 16, 32)}
 SIZE = (64, 128)  # (H, W); not square so channels-last and channels-first maps cannot be confused
 
 

@@ -6,7 +6,8 @@ Image Segmentation", arXiv:2401.13560 (MICCAI 2024). Upstream: https://github.co
 ``model_segmamba/segmamba.py``, the ToM in its mamba-ssm fork ``mamba/mamba_ssm/modules/mamba_simple.py``; trainer
 ``3_train.py``, inference ``4_predict.py``), described in ``upstream_3d_models.md`` §1 and re-written here in our own
 code: the ToM on :mod:`mambaseg.models.blocks.tri_mamba`, the decoder on :mod:`mambaseg.models.blocks.unetr_blocks`
-(MONAI 1.3.0's blocks with ``spatial_dims=3``). Module and parameter names equal upstream's (``vit.{downsample_layers,
+(MONAI 1.3.0's blocks with ``spatial_dims=3``; the head assembly in
+:mod:`mambaseg.models.blocks.segmamba_blocks`, shared with SegMamba-V2). Module and parameter names equal upstream's (``vit.{downsample_layers,
 stages, gscs, mlps}``, ``encoder1..5``, ``decoder5..1``, ``out``), so an upstream ``state_dict`` (291 keys, no
 buffers) loads with ``strict=True``. 67,416,196 parameters for 4 channels / 4 classes (BraTS 2023).
 
@@ -61,8 +62,8 @@ import torch
 import torch.nn as nn
 
 from ..backbone import BackboneMixin
+from ..blocks.segmamba_blocks import MlpChannel, add_unetr_head, run_unetr_head
 from ..blocks.tri_mamba import TriMambaLayer
-from ..blocks.unetr_blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from ..registry import register_model
 
 __all__ = ["SegMamba", "GSC", "MlpChannel", "MambaEncoder", "UPSTREAM_NUM_SLICES"]
@@ -91,19 +92,6 @@ class GSC(nn.Module):
         x1 = self.nonliner2(self.norm2(self.proj2(x1)))
         x2 = self.nonliner3(self.norm3(self.proj3(x)))
         return self.nonliner4(self.norm4(self.proj4(x1 + x2))) + x
-
-
-class MlpChannel(nn.Module):
-    """1^3 conv MLP: ``fc1`` (C -> hidden) -> exact GELU -> ``fc2`` (hidden -> C)."""
-
-    def __init__(self, hidden_size: int, mlp_dim: int):
-        super().__init__()
-        self.fc1 = nn.Conv3d(hidden_size, mlp_dim, 1)
-        self.act = nn.GELU()
-        self.fc2 = nn.Conv3d(mlp_dim, hidden_size, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class _ToMStage(nn.Sequential):
@@ -183,17 +171,7 @@ class SegMamba(BackboneMixin, nn.Module):
         self.num_slices = num_slices if isinstance(num_slices, str) else list(fixed)
         self.in_channels, self.num_classes = in_channels, num_classes
         self.vit = MambaEncoder(in_channels, depths, feat, fixed)
-        self.encoder1 = UnetrBasicBlock(in_channels, feat[0], spatial_dims=3)
-        self.encoder2 = UnetrBasicBlock(feat[0], feat[1], spatial_dims=3)
-        self.encoder3 = UnetrBasicBlock(feat[1], feat[2], spatial_dims=3)
-        self.encoder4 = UnetrBasicBlock(feat[2], feat[3], spatial_dims=3)
-        self.encoder5 = UnetrBasicBlock(feat[3], hidden_size, spatial_dims=3)
-        self.decoder5 = UnetrUpBlock(hidden_size, feat[3], spatial_dims=3)
-        self.decoder4 = UnetrUpBlock(feat[3], feat[2], spatial_dims=3)
-        self.decoder3 = UnetrUpBlock(feat[2], feat[1], spatial_dims=3)
-        self.decoder2 = UnetrUpBlock(feat[1], feat[0], spatial_dims=3)
-        self.decoder1 = UnetrBasicBlock(feat[0], feat[0], spatial_dims=3)
-        self.out = UnetOutBlock(48, num_classes, spatial_dims=3)
+        add_unetr_head(self, in_channels, num_classes, feat, hidden_size)
         self.feature_info = [{"num_chs": c, "reduction": 2 ** (i + 1), "module": f"vit.mlps.{i}"}
                              for i, c in enumerate(feat)]
 
@@ -239,17 +217,7 @@ class SegMamba(BackboneMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = self.forward_intermediates(x)
-        enc1 = self.encoder1(x)
-        enc2 = self.encoder2(outs[0])
-        enc3 = self.encoder3(outs[1])
-        enc4 = self.encoder4(outs[2])
-        hidden = self.encoder5(outs[3])
-        dec3 = self.decoder5(hidden, enc4)
-        dec2 = self.decoder4(dec3, enc3)
-        dec1 = self.decoder3(dec2, enc2)
-        dec0 = self.decoder2(dec1, enc1)
-        return self.out(self.decoder1(dec0))
-
+        return run_unetr_head(self, self.encoder1(x), outs)
 
 @register_model("segmamba", paper="SegMamba (Xing et al., MICCAI 2024, arXiv:2401.13560)", default_size=128,
                 spatial_dims=3)
