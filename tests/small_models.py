@@ -30,11 +30,14 @@ SMALL = {
     "segmamba_v2": dict(depths=(1, 1, 1, 1), feat_size=(48, 8, 8, 8), hidden_size=8),
     "nnmamba": dict(channels=16),
     "nnmamba_ds": dict(channels=16),
+    "swin_unetr": dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)),
+    "unetr": dict(img_size=(32, 16, 32), feature_size=4, hidden_size=24, mlp_dim=48, num_heads=2),
 }
 # networks that take only one input size (their plan's): that size instead of SIZE
 FIXED_SIZE = {"umamba_enc": (64, 64),
               # 3-D networks: a (D, H, W) volume (not a cube, so axes cannot be confused)
-              "segmamba": (32, 16, 32), "segmamba_v2": (32, 16, 32), "nnmamba": (32, 16, 32), "nnmamba_ds": (32, 16, 32)}
+              "segmamba": (32, 16, 32), "segmamba_v2": (32, 16, 32), "nnmamba": (32, 16, 32), "nnmamba_ds": (32, 16, 32),
+              "swin_unetr": (32, 32, 64), "unetr": (32, 16, 32)}
 SIZE = (64, 128)  # (H, W); not square so channels-last and channels-first maps cannot be confused
 
 

@@ -19,7 +19,8 @@ from small_models import small_model  # noqa: E402
 SMALL_SIZE = SIZE = 32
 SIZES = {"umamba_bot": 64, "umamba_enc": 64, "lkm_unet": 64}  # the nnU-Net 64x64 plan (divisor 64)
 # 3-D networks: a (D, H, W) volume
-SIZES.update({n: (32, 16, 32) for n in ("segmamba", "segmamba_v2", "nnmamba", "nnmamba_ds")})
+SIZES.update({n: (32, 16, 32) for n in ("segmamba", "segmamba_v2", "nnmamba", "nnmamba_ds", "unetr")})
+SIZES["swin_unetr"] = (32, 32, 64)
 
 
 def _probs(y):

@@ -18,6 +18,11 @@ def _to_nchw(t, c, *sides):
     3-D networks hook channels-first maps)."""
     if tuple(t.shape[1:]) == (c, *sides):
         return t
+    n = 1
+    for s in sides:
+        n *= s
+    if len(sides) == 3 and t.dim() == 3 and tuple(t.shape[1:]) == (n, c):     # 3-D (B, L, C) tokens
+        return t.transpose(1, 2).reshape(t.shape[0], c, *sides)
     h, w = sides
     if t.dim() == 4 and tuple(t.shape[1:]) == (h, w, c):
         return t.permute(0, 3, 1, 2)
