@@ -100,7 +100,7 @@ def _size_for(name):
 # nnU-Net networks: the 64x64 plan (5 stages; U-Mamba Enc only runs at its plan's size)
 _KWARGS_ALL = {n: dict(patch_size=64) for n in ("umamba_bot", "umamba_enc", "lkm_unet")}
 # 3-D networks are counted on a 32^3 volume (SegMamba: slice counts from the depth, upstream's need depth 128)
-_KWARGS_3D = {"segmamba": dict(num_slices="depth")}
+_KWARGS_3D = {"segmamba": dict(num_slices="depth"), "unetr": dict(img_size=32)}
 
 
 def test_full_covers_paper_for_every_registered_model():
