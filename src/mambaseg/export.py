@@ -48,20 +48,19 @@ class _Probabilities(nn.Module):
         return torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
 
 
-def _size2(size, nd: int = 2) -> Tuple[int, ...]:
-    """The input's spatial size: an int for every one of the ``nd`` axes, or one value per axis."""
+def _size2(size, spatial_dims: int = 2) -> Tuple[int, ...]:
+    """The spatial input size: (H, W), or (D, H, W) for a 3-D network (``spatial_dims=3``)."""
     if isinstance(size, int):
-        return (size,) * nd
-    if isinstance(size, (tuple, list)) and len(size) == nd:
+        return (size,) * spatial_dims
+    if isinstance(size, (tuple, list)) and len(size) == spatial_dims:
         return tuple(int(s) for s in size)
-    raise ExportError(f"size must be an int or {nd} sides ({'(H, W)' if nd == 2 else '(D, H, W)'}), got {size!r}")
+    raise ExportError(f"size must be an int or {'(D, H, W)' if spatial_dims == 3 else '(H, W)'}, got {size!r}")
 
 
 def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_channels: Optional[int] = None,
             output: str = "logits", opset: int = 17, chunk: Optional[int] = None, dynamic_batch: bool = True,
             overwrite: bool = False, check: bool = True) -> Dict[str, Any]:
-    """Export ``model`` to ONNX at ``path``. ``size``: H (or (H, W); (D, H, W) or one int for a model with
-    ``spatial_dims == 3``) of the input; default the model's
+    """Export ``model`` to ONNX at ``path``. ``size``: H (or (H, W)) of the input; default the model's
     ``img_size`` or its registry ``default_size``. ``in_channels``: default ``model.in_channels``. ``chunk``:
     scan steps per ONNX ``Scan`` iteration (default 16). Returns ``{"path", "nodes", "scan_nodes", "bytes",
     "export_seconds", "input_shape"}``."""
@@ -75,16 +74,18 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another --out or remove it (nothing is overwritten)")
+    spatial_dims = int(getattr(model, "spatial_dims", 2) or 2)
     if size is None:
         size = getattr(model, "img_size", None)
+        if size is None and spatial_dims == 3:
+            size = tuple(model.default_input_size)
         if size is None:
             from mambaseg.models import model_info
             name = getattr(model, "model_name", None)
             size = model_info(name).default_size if name else 256
-    sides = _size2(size, int(getattr(model, "spatial_dims", 2)))
+    spatial = _size2(size, spatial_dims)
     c = int(in_channels or getattr(model, "in_channels", 3))
-    x = torch.zeros(1, c, *sides)
-    shape_txt = "x".join(str(s) for s in sides)
+    x = torch.zeros(1, c, *spatial)
     was_training = model.training
     net = model.eval()
     wrapped = _Probabilities(net) if output == "probabilities" else net
@@ -92,7 +93,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         with torch.no_grad():
             wrapped(x)                                              # fail here with the model's own message
     except ValueError as e:
-        raise ExportError(f"cannot export at input {c}x{shape_txt}: {e}") from None
+        raise ExportError(f"cannot export at input {c}x{'x'.join(map(str, spatial))}: {e}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     t0 = time.perf_counter()
@@ -109,7 +110,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         proto.producer_name = "mambaseg"
         name = getattr(model, "model_name", type(model).__name__)
         onnx.helper.set_model_props(proto, {"architecture": str(name), "output": output,
-                                            "input_size": shape_txt, "in_channels": str(c)})
+                                            "input_size": "x".join(map(str, spatial)), "in_channels": str(c)})
         if check:
             onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
@@ -120,7 +121,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         model.train(was_training)
     secs = time.perf_counter() - t0
     return {"path": str(path), "nodes": _count_nodes(proto.graph), "scan_nodes": n_scan,
-            "bytes": path.stat().st_size, "export_seconds": secs, "input_shape": [c, *sides]}
+            "bytes": path.stat().st_size, "export_seconds": secs, "input_shape": [c, *spatial]}
 
 
 def _count_nodes(graph) -> int:

@@ -13,17 +13,14 @@ from mambaseg.models.backbone import FeatureEncoder
 from small_models import SIZE, size_for, small_model  # noqa: F401
 
 
-def _to_nchw(t, c, *sides):
-    """A hooked tensor (channels-first, channels-last or (B, L, C) tokens) as (B, C, h, w) (or (B, C, d, h, w):
-    3-D networks hook channels-first maps)."""
-    if tuple(t.shape[1:]) == (c, *sides):
+def _to_nchw(t, c, h, w, *more):
+    """A hooked tensor (channels-first, channels-last or (B, L, C) tokens) as (B, C, h, w); 3-D networks'
+    channels-first maps (B, C, d, h, w) as they are."""
+    if more:
+        assert tuple(t.shape[1:]) == (c, h, w, *more), (tuple(t.shape), (c, h, w, *more))
         return t
-    n = 1
-    for s in sides:
-        n *= s
-    if len(sides) == 3 and t.dim() == 3 and tuple(t.shape[1:]) == (n, c):     # 3-D (B, L, C) tokens
-        return t.transpose(1, 2).reshape(t.shape[0], c, *sides)
-    h, w = sides
+    if t.dim() == 4 and tuple(t.shape[1:]) == (c, h, w):
+        return t
     if t.dim() == 4 and tuple(t.shape[1:]) == (h, w, c):
         return t.permute(0, 3, 1, 2)
     if t.dim() == 3 and tuple(t.shape[1:]) == (h * w, c):
@@ -62,7 +59,8 @@ def test_feature_info_and_intermediates_match_the_full_network(name):
         hooked = _hooked_maps(model, x)
     assert len(feats) == len(info)
     for i, (f, t) in enumerate(zip(info, feats)):
-        shape = (2, f["num_chs"], *(s // f["reduction"] for s in SIZE))
+        red = f.get("reduction_per_axis", (f["reduction"],) * len(SIZE))
+        shape = (2, f["num_chs"]) + tuple(s // r for s, r in zip(SIZE, red))
         assert tuple(t.shape) == shape, (i, tuple(t.shape), shape)
         ref = _to_nchw(hooked[i], *shape[1:])
         torch.testing.assert_close(t, ref, rtol=0, atol=0)

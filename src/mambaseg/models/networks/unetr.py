@@ -10,7 +10,7 @@ have exactly that size (default 96^3, the paper's BTCV patch).
 
 Added: the model contract attributes, ``forward_intermediates`` ([2f @/2, 4f @/4, 8f @/8] = the outputs of
 ``encoder2..4``, which project ViT layers 3, 6, 9 back to those resolutions, and the last ViT layer's normalised
-tokens as hidden_size @/16) and an input check with one clear error before any work.
+tokens as a hidden_size @/16 map, i.e. the input of ``decoder5.transp_conv``) and an input check with one clear error before any work.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class UNETR(BackboneMixin, nn.Module):
         self.feature_info = [{"num_chs": 2 * f, "reduction": 2, "module": "encoder2"},
                              {"num_chs": 4 * f, "reduction": 4, "module": "encoder3"},
                              {"num_chs": 8 * f, "reduction": 8, "module": "encoder4"},
-                             {"num_chs": hidden_size, "reduction": 16, "module": "vit.norm"}]
+                             {"num_chs": hidden_size, "reduction": 16, "module": "decoder5.transp_conv",
+                              "hook_type": "forward_pre"}]
 
     def _check(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 5:
