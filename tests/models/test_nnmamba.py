@@ -228,3 +228,18 @@ def test_bad_inputs_one_clear_error():
         m(torch.randn(1, 1, 32, 24, 32))
     with pytest.raises(ValueError, match="channels must be >= 16"):
         create_model("nnmamba", channels=8)
+
+
+@pytest.mark.parametrize("name,scans", [("nnmamba", 4 * 2 * 3), ("nnmamba_ds", 2 * 3)])
+def test_bf16_autocast_step_is_finite(name, scans):
+    """No fp32 cast around the Mamba (as upstream); the shared layer runs in blocks 1 and 2 of each stage (x4
+    orderings in the README network)."""
+    from mambaseg.ops import record_scans
+    torch.manual_seed(0)
+    m = create_model(name, in_channels=1, num_classes=2, channels=16)
+    x = torch.randn(2, 1, 32, 16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16), record_scans() as calls:
+        y = m(x)
+    assert len(calls) == scans
+    y.float().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

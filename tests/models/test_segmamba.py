@@ -321,3 +321,17 @@ def test_meta_shapes_at_128_equal_the_spec_trace(monkeypatch):
     assert {k: tuple(v) for k, v in shapes.items()} == {
         "encoder5": (1, 768, 8, 8, 8), "decoder5": (1, 384, 16, 16, 16), "decoder2": (1, 48, 128, 128, 128),
         "out": (1, 4, 128, 128, 128)}
+
+
+def test_bf16_autocast_step_is_finite_without_casts():
+    """Upstream runs ToM under the caller's autocast (no fp32 cast): the output comes out in bf16; the scan
+    itself computes in fp32; one step gives finite gradients. Three scans per ToM layer (depths 1: 4 layers)."""
+    from mambaseg.ops import record_scans
+    torch.manual_seed(0)
+    m = create_model("segmamba", in_channels=1, num_classes=2, **TINY)
+    x = torch.randn(2, 1, 16, 32, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), record_scans() as calls:
+        y = m(x)
+    assert y.dtype == torch.bfloat16 and len(calls) == 3 * 4
+    y.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

@@ -132,3 +132,15 @@ def test_bad_inputs_one_clear_error():
         m(torch.randn(1, 4, 32, 40, 32))
     with pytest.raises(ValueError, match="feat_size\\[0\\] must be 48"):
         create_model("segmamba_v2", feat_size=(32, 64, 128, 256))
+
+
+def test_bf16_autocast_step_is_finite():
+    from mambaseg.ops import record_scans
+    torch.manual_seed(0)
+    m = create_model("segmamba_v2", in_channels=1, num_classes=2, **TINY)
+    x = torch.randn(2, 1, 16, 32, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), record_scans() as calls:
+        y = m(x)
+    assert len(calls) == 3 * 2                                      # three orders x one layer in stages 2 and 3
+    y.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
