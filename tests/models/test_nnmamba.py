@@ -243,3 +243,11 @@ def test_bf16_autocast_step_is_finite(name, scans):
     assert len(calls) == scans
     y.float().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_a_state_dict_whose_shared_copies_differ_is_refused():
+    m = create_model("nnmamba", in_channels=1, num_classes=2, channels=16)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    sd["layer2.2.mamba_layer.mamba.D"] += 1.0
+    with pytest.raises(RuntimeError, match="layer2.2.mamba_layer.mamba.D differs from layer2.1.mamba_layer.mamba.D"):
+        m.load_state_dict(sd)

@@ -19,7 +19,7 @@ residual stages (c -> 2c -> 4c -> 8c, each stride 2) of ``blocks`` BasicBlocks: 
 projection) has no Mamba; blocks 1.. add ``mamba_layer(x)`` (on the block input) to the conv branch. **One Mamba
 layer object per stage is shared by blocks 1 and 2**: its parameters are counted once, and the state dict lists them
 under both ``layerX.1.mamba_layer.*`` and ``layerX.2.mamba_layer.*`` (as upstream; loading writes the same tensors
-twice). Decoder: trilinear x2 upsampling, concat with the skip scaled by a squeeze-excitation vector
+twice, and a state dict whose two copies differ is refused with a clear error instead of keeping one silently). Decoder: trilinear x2 upsampling, concat with the skip scaled by a squeeze-excitation vector
 (``att1..3``: global average -> Linear(C -> C/16) -> ReLU -> Linear -> sigmoid), DoubleConv; ``conv8`` =
 DoubleConv(c -> num_classes) at full resolution. Module and parameter names are upstream's (``in_conv.conv.*``,
 ``att*``, ``layer*``, ``conv5..8``, ``ds*_cls_conv``), so upstream state dicts (334 / 304 entries, BatchNorm buffers
@@ -232,6 +232,22 @@ class NNMambaBase(BackboneMixin, nn.Module):
             self.ds3_cls_conv = nn.Conv3d(4 * c, num_classes, 1)
         self.feature_info = [{"num_chs": c << i, "reduction": 2 << i, "module": m}
                              for i, m in enumerate(self.encoder_modules)]
+        self._register_load_state_dict_pre_hook(self._check_shared_copies)
+
+    @staticmethod
+    def _check_shared_copies(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                             error_msgs):
+        """The shared Mamba layer's tensors appear under blocks 1..n-1 of each stage; loading writes them into one
+        tensor, so copies that differ would silently keep the last one: refuse such a state dict instead."""
+        for key, value in state_dict.items():
+            if not key.startswith(prefix) or ".mamba_layer." not in key:
+                continue
+            stage, block, rest = key[len(prefix):].split(".", 2)
+            first = f"{prefix}{stage}.1.{rest}"
+            if block != "1" and first in state_dict and not value.is_meta and not state_dict[first].is_meta \
+                    and not torch.equal(value, state_dict[first]):
+                error_msgs.append(f"{key} differs from {first}: both name the one Mamba layer that nnMamba shares "
+                                  f"between the blocks of {stage} (upstream checkpoints store the same tensor twice)")
 
     def _check(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
