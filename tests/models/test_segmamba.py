@@ -266,8 +266,8 @@ def test_forward_backward_small_logits_and_every_parameter_used():
 
 def test_num_slices_modes():
     with torch.device("meta"):
-        up = create_model("segmamba", depths=(1, 1, 1, 1))
-        dep = create_model("segmamba", depths=(1, 1, 1, 1), num_slices="depth")
+        up = create_model("segmamba", depths=(1, 1, 1, 1), num_slices="upstream")
+        dep = create_model("segmamba", depths=(1, 1, 1, 1))                       # the default: "depth"
         fix = create_model("segmamba", depths=(1, 1, 1, 1), num_slices=[64, 32, 16, 8])
     # at depth 128 "depth" derives exactly upstream's [64, 32, 16, 8]
     assert up.slices_for((128, 96, 160)) == dep.slices_for((128, 96, 160)) == [64, 32, 16, 8]

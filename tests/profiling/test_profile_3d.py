@@ -32,7 +32,11 @@ def test_segmamba_counts_three_scans_per_tom_layer():
     assert r.parts["scan_flops"] == _scan_flops([(16 ** 3, 96), (8 ** 3, 192), (4 ** 3, 384), (2 ** 3, 768)], 6)
 
 
-def test_segmamba_profile_at_a_depth_other_than_128_is_one_clear_error(capsys):
-    assert main(["profile", "segmamba", "--size", "32", "--no-latency", "--no-used"]) == 2
-    err = capsys.readouterr().err
-    assert "num_slices='upstream'" in err and "input depth of 128" in err
+def test_segmamba_profile_cli_at_32_and_its_upstream_mode_error(capsys):
+    """The default slice counts follow the depth, so ``profile segmamba --size 32`` runs (24 scans); the strict
+    ``num_slices='upstream'`` refuses that depth with one clear error."""
+    assert main(["profile", "segmamba", "--size", "32", "--no-latency", "--no-used", "--json"]) == 0
+    assert '"scan_calls": 24' in capsys.readouterr().out
+    import pytest
+    with pytest.raises(ValueError, match="input depth of 128"):
+        profile_model(create_model("segmamba", num_slices="upstream"), size=32, latency=False, used_params=False)

@@ -23,14 +23,16 @@ defaults; ``dt_proj_b``/``dt_proj_s`` of every ToM keep the default Linear init 
 The inter-slice branch and ``num_slices``. Upstream hard-codes the inter-slice chunk counts [64, 32, 16, 8] per
 stage: the L tokens of a stage are cut into that many equal chunks. With row-major (D, H, W) tokens a chunk is one
 slice along the FIRST spatial axis only when that count equals the stage's depth, i.e. for an input depth of 128
-(upstream's patch). ``num_slices`` makes the meaning explicit:
+(upstream's patch). ``num_slices`` makes the meaning explicit; the choice here is to DERIVE the counts from the
+depth by default:
 
-* ``"upstream"`` (default): [64, 32, 16, 8], and the input depth must be 128 (other depths are refused with a
-  ValueError naming the alternatives below), so the chunks are slices, as in the paper;
-* ``"depth"``: derived from each feature map's depth (D/2, D/4, D/8, D/16): one chunk per slice at any input size;
-  identical to ``"upstream"`` at depth 128;
-* four ints: fixed chunk counts, upstream's literal behaviour at any size where they divide the token count
-  (``[64, 32, 16, 8]`` reproduces upstream's outputs at e.g. 64^3, where its chunks are half slices).
+* ``"depth"`` (default): each stage's count is its feature map's depth (D/2, D/4, D/8, D/16): one chunk per slice at
+  any input size. At upstream's 128-deep patch these are exactly [64, 32, 16, 8], so an upstream checkpoint used
+  as upstream uses it (128^3 patches, 128^3 sliding window) gives upstream's outputs;
+* ``"upstream"``: [64, 32, 16, 8] and only a 128-deep input (any other depth is refused with a ValueError naming
+  the valid depth and the alternatives), for code that wants upstream's exact setting enforced;
+* four ints: fixed chunk counts, upstream's literal behaviour at any size where they divide every stage's token
+  count (``[64, 32, 16, 8]`` reproduces upstream's outputs at e.g. 64^3, where its chunks are half slices).
 
 The slice axis is the tensor's first spatial axis. Upstream's arrays come from SimpleITK (z, y, x), so its slices
 are axial; in mambaseg's volumetric pipeline the arrays are in NIfTI (i, j, k) order, so the slices are along i
@@ -132,7 +134,7 @@ class MambaEncoder(nn.Module):
 
 class SegMamba(BackboneMixin, nn.Module):
     """SegMamba (Xing et al., MICCAI 2024, arXiv:2401.13560). Input (B, in_channels, D, H, W) with D, H, W
-    divisible by 16 (and D = 128 with the default ``num_slices="upstream"``); output logits
+    divisible by 16 (and D = 128 with ``num_slices="upstream"``); output logits
     (B, num_classes, D, H, W).
 
     Args:
@@ -141,7 +143,7 @@ class SegMamba(BackboneMixin, nn.Module):
         depths: ToM layers per encoder stage. Default [2, 2, 2, 2].
         feat_size: encoder widths; the first must be 48. Default [48, 96, 192, 384].
         hidden_size: bottleneck width of ``encoder5``. Default 768.
-        num_slices: ``"upstream"`` (default), ``"depth"`` or four ints: the inter-slice chunk counts (see the
+        num_slices: ``"depth"`` (default), ``"upstream"`` or four ints: the inter-slice chunk counts (see the
             module docstring).
     """
 
@@ -152,7 +154,7 @@ class SegMamba(BackboneMixin, nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 13, depths: Sequence[int] = (2, 2, 2, 2),
                  feat_size: Sequence[int] = (48, 96, 192, 384), hidden_size: int = 768,
-                 num_slices: Union[str, Sequence[int]] = "upstream"):
+                 num_slices: Union[str, Sequence[int]] = "depth"):
         super().__init__()
         depths, feat = [int(d) for d in depths], [int(f) for f in feat_size]
         if len(depths) != 4 or len(feat) != 4 or min(depths) < 1:
