@@ -102,7 +102,8 @@ def test_position_coded_map_token_orders():
     d, h, w = torch.meshgrid(torch.arange(D), torch.arange(H), torch.arange(W), indexing="ij")
     x = torch.stack([d, h, w]).double()[None]
     seen = []
-    layer.mamba.register_forward_pre_hook(lambda mod, a: seen.append([tuple(r) for r in a[0][0].long().tolist()]) and None)
+    layer.mamba.register_forward_pre_hook(
+        lambda mod, a: seen.append([tuple(r) for r in a[0][0].long().tolist()]) and None)
     with torch.no_grad():
         layer(x)
     assert seen == [list(o) for o in _orders(D, H, W)]

@@ -39,7 +39,8 @@ import torch.nn as nn
 
 from .mamba1 import Mamba
 
-__all__ = ["TriOrientedMamba", "TriMambaLayer", "tri_mamba_param_count", "interslice_order", "to_interslice", "from_interslice"]
+__all__ = ["TriOrientedMamba", "TriMambaLayer", "tri_mamba_param_count", "interslice_order", "to_interslice",
+           "from_interslice"]
 
 
 def tri_mamba_param_count(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank=None) -> int:

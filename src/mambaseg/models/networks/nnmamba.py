@@ -19,7 +19,8 @@ residual stages (c -> 2c -> 4c -> 8c, each stride 2) of ``blocks`` BasicBlocks: 
 projection) has no Mamba; blocks 1.. add ``mamba_layer(x)`` (on the block input) to the conv branch. **One Mamba
 layer object per stage is shared by blocks 1 and 2**: its parameters are counted once, and the state dict lists them
 under both ``layerX.1.mamba_layer.*`` and ``layerX.2.mamba_layer.*`` (as upstream; loading writes the same tensors
-twice, and a state dict whose two copies differ is refused with a clear error instead of keeping one silently). Decoder: trilinear x2 upsampling, concat with the skip scaled by a squeeze-excitation vector
+twice, and a state dict whose two copies differ is refused with a clear error instead of keeping one silently).
+Decoder: trilinear x2 upsampling, concat with the skip scaled by a squeeze-excitation vector
 (``att1..3``: global average -> Linear(C -> C/16) -> ReLU -> Linear -> sigmoid), DoubleConv; ``conv8`` =
 DoubleConv(c -> num_classes) at full resolution. Module and parameter names are upstream's (``in_conv.conv.*``,
 ``att*``, ``layer*``, ``conv5..8``, ``ds*_cls_conv``), so upstream state dicts (334 / 304 entries, BatchNorm buffers
@@ -68,7 +69,8 @@ class DoubleConv(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, kernel_size: int = 3):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv3d(in_ch, out_ch, kernel_size, stride, kernel_size // 2), nn.BatchNorm3d(out_ch), nn.ReLU(inplace=True),
+            nn.Conv3d(in_ch, out_ch, kernel_size, stride, kernel_size // 2), nn.BatchNorm3d(out_ch),
+            nn.ReLU(inplace=True),
             nn.Conv3d(out_ch, out_ch, 3, 1, 1), nn.BatchNorm3d(out_ch), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -299,7 +301,8 @@ class NNMambaSegDS(NNMambaBase):
 
     def __init__(self, in_channels: int = 4, num_classes: int = 4, channels: int = 32, blocks: int = 3,
                  deep_supervision: Union[bool, str] = False):
-        super().__init__(in_channels, num_classes, channels, blocks, variant="nnunet", deep_supervision=deep_supervision)
+        super().__init__(in_channels, num_classes, channels, blocks, variant="nnunet",
+                         deep_supervision=deep_supervision)
 
 
 @register_model("nnmamba", paper="nnMamba (Gong et al., ISBI 2025, arXiv:2402.03526)", default_size=128,

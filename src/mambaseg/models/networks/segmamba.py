@@ -6,10 +6,10 @@ Image Segmentation", arXiv:2401.13560 (MICCAI 2024). Upstream: https://github.co
 ``model_segmamba/segmamba.py``, the ToM in its mamba-ssm fork ``mamba/mamba_ssm/modules/mamba_simple.py``; trainer
 ``3_train.py``, inference ``4_predict.py``), described in ``upstream_3d_models.md`` §1 and re-written here in our own
 code: the ToM on :mod:`mambaseg.models.blocks.tri_mamba`, the decoder on :mod:`mambaseg.models.blocks.unetr_blocks`
-(MONAI 1.3.0's blocks with ``spatial_dims=3``; the head assembly in
-:mod:`mambaseg.models.blocks.segmamba_blocks`, shared with SegMamba-V2). Module and parameter names equal upstream's (``vit.{downsample_layers,
-stages, gscs, mlps}``, ``encoder1..5``, ``decoder5..1``, ``out``), so an upstream ``state_dict`` (291 keys, no
-buffers) loads with ``strict=True``. 67,416,196 parameters for 4 channels / 4 classes (BraTS 2023).
+(MONAI 1.3.0's blocks with ``spatial_dims=3``; the head assembly in :mod:`mambaseg.models.blocks.segmamba_blocks`,
+shared with SegMamba-V2). Module and parameter names equal upstream's (``vit.{downsample_layers, stages, gscs,
+mlps}``, ``encoder1..5``, ``decoder5..1``, ``out``), so an upstream ``state_dict`` (291 keys, no buffers) loads with
+``strict=True``. 67,416,196 parameters for 4 channels / 4 classes (BraTS 2023).
 
 Architecture (input (B, C, D, H, W), D, H, W divisible by 16): encoder ``vit``: stage i = downsample (i = 0: Conv
 7^3 s2 in -> 48; else InstanceNorm + Conv 2^3 s2) -> GSC (two 3^3 conv-IN-ReLU in series plus a 1^3 conv-IN-ReLU,
@@ -34,9 +34,9 @@ depth by default:
 * four ints: fixed chunk counts, upstream's literal behaviour at any size where they divide every stage's token
   count (``[64, 32, 16, 8]`` reproduces upstream's outputs at e.g. 64^3, where its chunks are half slices).
 
-The slice axis is the tensor's first spatial axis. Upstream's arrays come from SimpleITK (z, y, x), so its slices
-are axial; in mambaseg's volumetric pipeline the arrays are in NIfTI (i, j, k) order, so the slices are along i
-unless the data set permutes its axes.
+The slice axis is the tensor's first spatial axis. With nnU-Net-style (SimpleITK, (z, y, x)) arrays, as upstream's
+preprocessing produces, that is the axial axis; in mambaseg's volumetric pipeline the arrays are in NIfTI (i, j, k)
+order, so the slices are along i unless the data set permutes its axes.
 
 Paper protocol (``3_train.py`` / ``4_predict.py``; spec §1.7; not a config file here yet): BraTS 2023 GLI, 4 MR
 sequences (t2w, t2f, t1n, t1c), 4 classes, random 70/10/20 split (seed 42); crop to nonzero, whole-crop z-score per
@@ -52,6 +52,8 @@ Differences from upstream, each deliberate:
   the ``_b``/``_s`` weights). The stored-but-unused upstream arguments (``drop_path_rate``,
   ``layer_scale_init_value``, ``conv_block``, ``res_block``, ``norm_name``) and the dead ``proj_feat`` are not
   offered; ``feat_size[0]`` must be 48 as upstream hard-codes ``out``'s input width (checked here with a clear error).
+* ``num_slices="depth"`` (the default) gives upstream's chunks only at depth 128; at other depths it scans real
+  slices where upstream would cut each stage into [64, 32, 16, 8] chunks (pass those ints to get upstream's).
 * Bad inputs (not 5-D, wrong channels, a side not divisible by 16, a depth ``num_slices`` cannot serve) raise one
   ValueError before any work (upstream fails inside a reshape or concat).
 """

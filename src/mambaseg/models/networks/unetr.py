@@ -10,7 +10,8 @@ have exactly that size (default 96^3, the paper's BTCV patch).
 
 Added: the model contract attributes, ``forward_intermediates`` ([2f @/2, 4f @/4, 8f @/8] = the outputs of
 ``encoder2..4``, which project ViT layers 3, 6, 9 back to those resolutions, and the last ViT layer's normalised
-tokens as a hidden_size @/16 map, i.e. the input of ``decoder5.transp_conv``) and an input check with one clear error before any work.
+tokens as a hidden_size @/16 map, i.e. the input of ``decoder5.transp_conv``) and an input check with one clear
+error before any work.
 """
 
 from __future__ import annotations
