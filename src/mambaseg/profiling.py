@@ -700,7 +700,7 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
         in_channels, num_classes: passed to ``create_model`` (the papers profile 3-channel inputs).
         conventions: any of ``("paper", "full")``.
         used_params: also measure the parameters that get a gradient (one forward/backward at ``used_size``,
-            batch 2).
+            batch 2; at most 32 for a 3-D network).
         latency: time ``repeats`` forwards after ``warmup`` ones.
         model_kwargs: extra constructor arguments (e.g. ``depths``).
     """
@@ -716,6 +716,8 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
     if ref is not None and (ref.device.type != "cpu" or ref.dtype != torch.float32):
         counting_model = copy.deepcopy(model).to("cpu", torch.float32)
     params = None
+    if nd == 3:
+        used_size = min(used_size, 32)                   # a 32^3 volume is enough, and cheap, for a 3-D network
     if used_params and used_size < size:
         try:  # a small input is enough to see which parameters the forward touches ...
             params = count_params(counting_model, (2, in_ch) + (used_size,) * nd)

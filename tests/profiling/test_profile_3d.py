@@ -40,3 +40,10 @@ def test_segmamba_profile_cli_at_32_and_its_upstream_mode_error(capsys):
     import pytest
     with pytest.raises(ValueError, match="input depth of 128"):
         profile_model(create_model("segmamba", num_slices="upstream"), size=32, latency=False, used_params=False)
+
+
+def test_used_parameters_of_a_3d_network_from_a_32_cube():
+    """The 'used' pass runs on a 32^3 volume for 3-D networks; nnMamba uses every parameter (spec:
+    trees/nnmamba_unused.txt is empty)."""
+    p = profile_model("nnmamba", size=64, in_channels=1, num_classes=16, latency=False, conventions=())
+    assert p.params.total == p.params.used == 15_959_598 and p.params.unused == []
