@@ -174,6 +174,10 @@ def from_pretrained(path: Union[str, os.PathLike], map_location: Union[str, torc
     except Exception as e:  # a corrupt file or a shape mismatch
         raise PretrainedFolderError(f"cannot load {w} into {cfg['architecture']} built from config.json: "
                                     f"{str(e).splitlines()[0]}") from None
+    # a module shared by two parents (nnMamba's Mamba layers) has every tensor under two names; safetensors stores
+    # one and may call the other "unexpected" although it is the model's own key (its value was loaded)
+    own = model.state_dict()
+    unexpected = [k for k in unexpected if k not in own]
     if strict and (missing or unexpected):
         raise PretrainedFolderError(f"{w} does not match {cfg['architecture']} built from config.json: missing "
                                     f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
