@@ -691,7 +691,8 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
 
     Args:
         name_or_model: a registered name (``mambaseg models``) or an ``nn.Module``.
-        size: square input size; default: the model's registered ``default_size`` (256 if unknown).
+        size: input side (a square image, or a cube for models with ``spatial_dims == 3``); default: the
+            model's registered ``default_size`` (256 if unknown).
         batch: batch size for FLOPs and latency (FLOPs scale linearly with it).
         device, dtype: where and in which precision latency is measured (on a copy of the model). Counting
             parameters and FLOPs does not depend on them; it runs in float32 on CPU (on a copy if the model
@@ -699,7 +700,7 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
         in_channels, num_classes: passed to ``create_model`` (the papers profile 3-channel inputs).
         conventions: any of ``("paper", "full")``.
         used_params: also measure the parameters that get a gradient (one forward/backward at ``used_size``,
-            batch 2).
+            batch 2; at most 32 for a 3-D network).
         latency: time ``repeats`` forwards after ``warmup`` ones.
         model_kwargs: extra constructor arguments (e.g. ``depths``).
     """
@@ -708,19 +709,24 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
         size = info.default_size if info is not None else 256
     if batch < 1 or size < 1:
         raise ValueError(f"batch and size must be positive, got batch={batch}, size={size}")
-    shape = (batch, in_ch, size, size)
+    nd = int(getattr(model, "spatial_dims", 2))           # 3-D networks get a (size, size, size) volume
+    shape = (batch, in_ch) + (size,) * nd
     ref = next(iter(model.parameters()), None)
     counting_model = model
     if ref is not None and (ref.device.type != "cpu" or ref.dtype != torch.float32):
         counting_model = copy.deepcopy(model).to("cpu", torch.float32)
     params = None
+    if nd == 3:
+        used_size = min(used_size, 32)                   # a 32^3 volume is enough, and cheap, for a 3-D network
     if used_params and used_size < size:
         try:  # a small input is enough to see which parameters the forward touches ...
-            params = count_params(counting_model, (2, in_ch, used_size, used_size))
+            params = count_params(counting_model, (2, in_ch) + (used_size,) * nd)
         except ValueError:  # ... unless the model only takes its own size
             params = None
     if params is None:
-        params = count_params(counting_model, (2, in_ch, size, size) if used_params else None, used=used_params)
+        # a 3-D network that only takes its own size: no batch-2 backward at full size (volumes are large)
+        used_params = used_params and nd == 2
+        params = count_params(counting_model, (2, in_ch) + (size,) * nd if used_params else None, used=used_params)
     flops = count_flops(counting_model, shape, conventions) if conventions else {}
     full = flops.get("full")
     lat = None

@@ -51,7 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="registered model name (see `mambaseg models`)")
     p.add_argument("--size", type=_positive, default=None,
-                   help="square input size (default: the model's paper size, e.g. 256 or 224)")
+                   help="input side: a square image, a cube for 3-D models (default: the model's paper size, "
+                        "e.g. 256, 224, or 128 for 3-D)")
     p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
     p.add_argument("--device", default="cpu", help="device for the latency measurement: cpu or cuda[:i]")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],

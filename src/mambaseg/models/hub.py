@@ -92,7 +92,10 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *
     if len(class_names) != n_labels:
         raise PretrainedFolderError(f"class_names has {len(class_names)} entries but the model predicts {n_labels} "
                                     f"labels (background included): {class_names}")
-    size = _size2(input_size) or _size2(getattr(model, "img_size", None)) or [info.default_size] * 2
+    size = _size2(input_size) or _size2(getattr(model, "img_size", None))
+    if size is None:
+        size = (list(model.default_input_size) if getattr(model, "spatial_dims", 2) == 3
+                else [info.default_size] * 2)
     cfg = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "mambaseg_version": __version__,
@@ -193,6 +196,10 @@ def from_pretrained(path: Union[str, os.PathLike], map_location: Union[str, torc
     except Exception as e:  # a corrupt file or a shape mismatch
         raise PretrainedFolderError(f"cannot load {w} into {cfg['architecture']} built from config.json: "
                                     f"{str(e).splitlines()[0]}") from None
+    # a module shared by two parents (nnMamba's Mamba layers) has every tensor under two names; safetensors stores
+    # one and may call the other "unexpected" although it is the model's own key (its value was loaded)
+    own = model.state_dict()
+    unexpected = [k for k in unexpected if k not in own]
     if strict and (missing or unexpected):
         raise PretrainedFolderError(f"{w} does not match {cfg['architecture']} built from config.json: missing "
                                     f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")

@@ -116,22 +116,33 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"Mamba(d_model={self.d_model}): expected tokens (B, L, {self.d_model}), got shape "
                              f"{tuple(hidden_states.shape)}")
-        L, N, R, E = hidden_states.shape[1], self.d_state, self.dt_rank, self.d_inner
-        # in_proj as one matmul into the channels-first (B, 2E, L) layout, as upstream (x and z then come out
-        # contiguous along L for the conv and the scan)
+        y = self.inner(self.project_in(hidden_states), self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        return self.out_proj(y.transpose(1, 2))
+
+    def project_in(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Step 1: ``in_proj`` as one matmul into the channels-first (B, 2E, L) layout, as upstream (x and z then
+        come out contiguous along L for the conv and the scan)."""
         xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        return xz
+
+    def inner(self, xz: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+              A_log: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+        """Steps 2-4 on ``xz`` (B, 2E, L) with the given branch weights (upstream's ``mamba_inner_fn`` without
+        ``out_proj``): returns y (B, E, L). Blocks with several branches (SegMamba's tri-oriented Mamba) call it
+        once per branch."""
+        L, N, R, E = xz.shape[-1], self.d_state, self.dt_rank, self.d_inner
         x, z = xz[:, :E], xz[:, E:]
-        x = self.act(self.conv1d(x)[..., :L])                               # causal: keep the first L outputs
-        dt, Bm, Cm = torch.split(self.x_proj(x.transpose(1, 2)), [R, N, N], dim=-1)
-        delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))      # (B, E, L); bias inside the scan
+        x = self.act(conv1d(x)[..., :L])                                    # causal: keep the first L outputs
+        dt, Bm, Cm = torch.split(x_proj(x.transpose(1, 2)), [R, N, N], dim=-1)
+        delta = torch.matmul(dt_proj.weight, dt.transpose(1, 2))           # (B, E, L); bias inside the scan
         cdt = torch.promote_types(x.dtype, torch.float32)
         y = selective_scan(
-            x.to(cdt), delta.to(cdt), -torch.exp(self.A_log.to(cdt)),
+            x.to(cdt), delta.to(cdt), -torch.exp(A_log.to(cdt)),
             Bm.transpose(1, 2).to(cdt).contiguous(), Cm.transpose(1, 2).to(cdt).contiguous(),
-            D=self.D.to(cdt), z=z.to(cdt), delta_bias=self.dt_proj.bias.to(cdt), delta_softplus=True)   # (B, E, L)
-        return self.out_proj(y.to(x.dtype).transpose(1, 2))
+            D=D.to(cdt), z=z.to(cdt), delta_bias=dt_proj.bias.to(cdt), delta_softplus=True)   # (B, E, L)
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, "
