@@ -15,7 +15,11 @@ Steps (each with its own time limit; a failed step is reported and the rest stil
 5. ``benchmarks/scan.py --device cuda --batch 32``: Triton vs mamba-ssm vs torch, bandwidth vs the copy rate;
 6. ``benchmarks/train_step.py --device cuda``: the four Mamba networks, fp32 and bf16 autocast, with our Triton
    scan and with mamba-ssm's kernel swapped in;
-7. a bf16-autocast training run of 200 steps on synthetic-skin beside an fp32 one: finite, and the losses.
+7. a bf16-autocast training run of 200 steps on synthetic-skin beside an fp32 one: finite, and the losses;
+8. 3D: a training step at a 128³ patch, batch 2, bf16, for ``segmamba`` and ``umamba_bot_3d`` (and the nnU-Net 3D
+   U-Net baseline), with our Triton scan and with mamba-ssm's kernel swapped in, each network its own step;
+9. 3D: the volumetric pipeline's sliding window over one 4x240x240x155 case at patch 128³ (nnU-Net 3D U-Net),
+   ours against MONAI's ``sliding_window_inference``, seconds and peak memory.
 
 Everything goes to ``OUT/gpu_check.log``; a short table is printed last (and saved as ``OUT/gpu_check.md``).
 ``--rehearse`` runs the same steps on the CPU at toy sizes (the Triton kernels in the interpreter), to check the
@@ -111,6 +115,12 @@ BF16_RUN = textwrap.dedent("""
 """)
 
 
+# benchmarks/volumetric.py's sliding-window part: one BraTS-sized case at patch 128³ on the GPU; a small case on
+# the CPU for the rehearsal
+SLIDING_GPU = ["--only", "sliding", "--device", "cuda", "--shape", "240,240,155", "--patch", "128"]
+SLIDING_REHEARSE = ["--only", "sliding", "--device", "cpu", "--shape", "40,40,24", "--patch", "32"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sdist", default=None, help="mamba_ssm-2.3.2.post1.tar.gz (carried; never committed)")
@@ -183,6 +193,11 @@ def main(argv=None) -> int:
         step("train step", [py, os.path.join(HERE, "train_step.py"), "--device", "cpu", "--batch", "1", "--size",
                             "64", "--models", "vmunet", "--warmup", "1", "--repeats", "1", "--dtypes", "fp32"], 600)
         step("bf16 training run", [py, "-c", BF16_RUN, SRC, "cpu", "2", "32", "1", "native"], 600)
+        for name in ("segmamba", "umamba_bot_3d"):
+            step(f"3D train step {name}", [py, os.path.join(HERE, "train_step.py"), "--device", "cpu", "--models",
+                                           name, "--patch", "32", "--batch3d", "1", "--warmup", "0", "--repeats", "1",
+                                           "--dtypes", "bf16"], 600)
+        step("3D sliding window", [py, os.path.join(HERE, "volumetric.py"), *SLIDING_REHEARSE], 600)
     else:
         step("scan benchmark", [py, os.path.join(HERE, "scan.py"), "--device", "cuda", "--batch", "32", "--repeats",
                                 "10", "--backends", "triton,torch" + (",mamba_ssm_ext" if ext_ok else ""),
@@ -191,6 +206,13 @@ def main(argv=None) -> int:
             step(f"train step ({backend})", [py, os.path.join(HERE, "train_step.py"), "--device", "cuda",
                                              "--backend", backend, "--warmup", "2", "--repeats", "5", *ext], 120)
         step("bf16 training run", [py, "-c", BF16_RUN, SRC, "cuda", "200", "256", "8", "triton"], 100)
+        for name in ("segmamba", "umamba_bot_3d", "nnunet_3d"):
+            for backend in ["triton"] + (["mamba_ssm_ext"] if ext_ok and name != "nnunet_3d" else []):
+                step(f"3D train step {name} ({backend})", [py, os.path.join(HERE, "train_step.py"), "--device",
+                                                          "cuda", "--models", name, "--patch", "128", "--batch3d",
+                                                          "2", "--backend", backend, "--warmup", "2", "--repeats",
+                                                          "5", "--dtypes", "bf16", *ext], 90)
+        step("3D sliding window", [py, os.path.join(HERE, "volumetric.py"), *SLIDING_GPU], 120)
 
     lines = [f"# GPU check ({'CPU rehearsal' if a.rehearse else 'GPU'}), {time.perf_counter() - t_all:.0f} s in all",
              "", "| step | exit | s |", "|---|---|---|"]

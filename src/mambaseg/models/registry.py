@@ -50,10 +50,18 @@ class ModelInfo:
     model_class: Optional[type] = None  # the class the factory builds (its return annotation)
 
     @property
+    def spatial_dims(self) -> int:
+        """2 or 3: the registration's ``spatial_dims`` (a class that takes ``spatial_dims`` as an argument, such as
+        LightM-UNet, is registered once per number of axes), else the built class's."""
+        dims = self.extra.get("spatial_dims")
+        if dims is None:
+            dims = self.model_class.spatial_dims if self.model_class is not None else 2
+        return int(dims)
+
+    @property
     def default_input_size(self) -> Tuple[int, ...]:
         """``default_size`` as one int per spatial axis."""
-        dims = self.model_class.spatial_dims if self.model_class is not None else 2
-        return as_size(self.default_size, dims)
+        return as_size(self.default_size, self.spatial_dims)
 
 
 _REGISTRY: Dict[str, ModelInfo] = {}
@@ -80,6 +88,8 @@ def register_model(name: str, *, paper: str = "", default_size: Optional[int] = 
             raise ValueError(f"model {name!r} is registered twice")
         cls = model_class(fn)
         own = cls.class_default_size() if cls is not None and issubclass(cls, SegmentationNetwork) else None
+        if own is not None and extra.get("spatial_dims", len(own)) != len(own):
+            own = None  # the class's default is for its other number of axes (lightm_unet_3d on LightMUNet)
         if own is not None and default_size is not None and as_size(default_size, len(own)) != own:
             raise ValueError(f"model {name!r}: register_model(default_size={default_size!r}) contradicts "
                              f"{cls.__name__}.default_input_size = {own}; the class attribute is the one home "
