@@ -592,6 +592,12 @@ def load_case(case: VolumeCase, vs: VolumeSet, with_label: bool = True):
         if why is not None:
             raise DataError(f"case {case.case_id!r}: channel {k} ({v.path.name}) and channel 0 ({ref.path.name}) "
                             f"differ in {why}; resample the channels onto one grid")
+    from .base import nonfinite_summary
+    for v in chans:
+        bad = nonfinite_summary(v.array)
+        if bad:
+            raise DataError(f"case {case.case_id!r}: {v.path} holds NaN or inf values ({bad}); fix or replace the "
+                            "file")
     if any(float(s) <= 0 for s in ref.spacing):
         raise DataError(f"{ref.path}: spacing {ref.spacing} has a zero or negative value; fix the header's pixdim")
     image = np.stack([np.asarray(v.array, np.float32) for v in chans])
