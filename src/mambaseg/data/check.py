@@ -383,6 +383,8 @@ def check_volume_case(case, vs, full: bool = False):
     probs = list(case.problems)
     heads = []
     for f in case.images:
+        if case.problems and not Path(f).exists():
+            continue  # the reader's problem already names it
         h, p = _volume_file_problems(Path(f), full)
         probs += p
         if h is None:
@@ -413,11 +415,14 @@ def check_volume_case(case, vs, full: bool = False):
                 probs.append(f"case {case.case_id!r}: channel file {h.path.name} differs from {ref.path.name} in "
                              f"{why}; all channels must share one grid")
     classes = set()
-    if case.label is not None:
+    if case.label is not None and not (case.problems and not Path(case.label).exists()):
         try:
             lv = read_nifti_volume(case.label, label=True)
             arr = lv.array[..., 0] if lv.array.ndim == 4 and lv.array.shape[3] == 1 else lv.array
             lv = NiftiVolume(lv.path, arr, lv.affine, lv.spacing, lv.header, arr.shape, lv.dtype)
+            if any(float(z) <= 0 for z in lv.spacing):
+                probs.append(f"{lv.path}: spacing {tuple(round(float(z), 4) for z in lv.spacing)} has a zero or "
+                             "negative value; fix the header's pixdim (nibabel: img.header.set_zooms)")
             if heads:
                 why = geometry_mismatch(heads[0], lv)
                 if why is not None:

@@ -92,12 +92,28 @@ def _nib_load(p: Path):
         raise DataError(f"cannot read NIfTI file {p} (corrupt or not NIfTI: {type(e).__name__}: {e})") from None
 
 
+def _raw_spacing(img, p: Path) -> Tuple[float, float, float]:
+    """``pixdim[1:4]`` as stored: nibabel's header check silently replaces a zero pixdim by 1 (a spacing of zero
+    would then read as 1 mm), so the check and the readers look at the stored values."""
+    from nibabel.openers import ImageOpener
+
+    zooms = tuple(float(z) for z in img.header.get_zooms())
+    nd = min(len(img.shape), 3)
+    try:
+        with ImageOpener(str(p)) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+        pix = [float(x) for x in raw["pixdim"][1:1 + nd]]
+        zooms = tuple(pix) + zooms[nd:]
+    except Exception:
+        pass
+    return (zooms + (1.0, 1.0, 1.0))[:3]
+
+
 def nifti_header(path) -> NiftiVolume:
     """Header of a NIfTI file (shape, dtype, affine, spacing) without reading the voxels (``array`` is None)."""
     p = Path(path)
     img = _nib_load(p)
-    zooms = tuple(float(z) for z in img.header.get_zooms())
-    spacing = (zooms + (1.0, 1.0, 1.0))[:3]
+    spacing = _raw_spacing(img, p)
     return NiftiVolume(p, None, np.asarray(img.affine, np.float64), spacing, img.header,
                        tuple(int(s) for s in img.shape), np.dtype(img.get_data_dtype()))
 
@@ -112,8 +128,7 @@ def read_nifti_volume(path, label: bool = False) -> NiftiVolume:
     except Exception as e:
         raise DataError(f"cannot read the voxels of NIfTI file {p} (truncated or corrupt: {type(e).__name__}: "
                         f"{e}); download or convert it again") from None
-    zooms = tuple(float(z) for z in img.header.get_zooms())
-    spacing = (zooms + (1.0, 1.0, 1.0))[:3]
+    spacing = _raw_spacing(img, p)
     if label:
         if arr.dtype.kind == "f":
             if not np.all(np.isfinite(arr)):
