@@ -16,6 +16,9 @@ name                   reader (``kwargs`` go to it)
 ``synthetic-skin``     :class:`~mambaseg.data.synthetic.SyntheticSkin` (``num_samples``, ``size``, ``seed``)
 ``synthetic-polyp``    :class:`~mambaseg.data.synthetic.SyntheticPolyp`
 ``synthetic-cardiac``  :class:`~mambaseg.data.synthetic.SyntheticCardiac` (``num_samples`` = volumes, ``depth``)
+``synthetic-brats``    :class:`~mambaseg.data.synthetic3d.SyntheticBraTS` (3D: whole volumes as contract samples;
+                       ``size``, ``spacing``, ``channels``, ``label_mode="labels"|"regions"``; ``transform`` is a
+                       callable ``sample dict -> sample dict``)
 =====================  ===========================================================================================
 
 Volumetric data sets (acdc, synapse, nifti, nnunet with NIfTI files, synthetic-cardiac) return a 2D data set of
@@ -156,3 +159,11 @@ def _syn_cardiac(root, split, transform, **kw):
     from .synthetic import SyntheticCardiac
 
     return SyntheticCardiac(split=split, transform=transform, **kw)
+
+
+@register_dataset("synthetic-brats", "generated 3D brain MR-like volumes (2-4 channels) with a nested tumour, "
+                                     "BraTS labels/regions (no download)", needs_root=False)
+def _syn_brats(root, split, transform, **kw):
+    from .synthetic3d import SyntheticBraTS
+
+    return SyntheticBraTS(split=split, transform=transform, **kw)
