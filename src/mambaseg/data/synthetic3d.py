@@ -1,0 +1,271 @@
+"""``synthetic-brats``: generated brain-MR-like volumes with a nested tumour (no download), the embedded 3D default.
+
+Each case is a skull-stripped brain (an ellipsoid with a wavy surface; zero outside, as the BraTS files) with grey
+matter (an outer shell of uneven thickness), white matter, two ventricles (CSF) and one tumour made of three nested
+parts with BraTS 2017-2021 semantics, remapped to consecutive labels as in the volumetric contract:
+
+=====  ==========================================  ============================================================
+label  tissue (BraTS label)                        geometry
+=====  ==========================================  ============================================================
+0      background and healthy brain                --
+1      necrotic / non-enhancing core (NCR/NET, 1)  inside the enhancing rim, never touching oedema or brain   
+2      oedema (ED, 2)                              an irregular blob around the core, at least 2 voxels thick
+3      enhancing tumour (ET, 4)                    a rim of uneven thickness around the necrosis
+=====  ==========================================  ============================================================
+
+Regions (``label_mode="regions"``): whole tumour WT = [1, 2, 3], tumour core TC = [1, 3], enhancing tumour ET = [3],
+listed outer to inner (``regions``, ``region_names``); the mask stays the label map 0..3 (the loss/metrics build the
+region targets, see the contract). ``label_mode="labels"`` (default) declares no regions: plain 4-class softmax.
+
+Channels (``channels`` = 2, 3 or 4, or a list of names) in the order ``flair, t1ce, t2, t1`` (the first ``n``): as in
+real MR no single channel separates the classes (FLAIR: oedema and tumour bright; T1ce: the rim bright, necrosis dark;
+T2: CSF, oedema and necrosis bright; T1: tumour slightly dark), each with its own noise level, a smooth bias field
+and a smooth texture.
+
+Geometry: the field of view is ``size`` mm along every axis; the voxel spacing is ``spacing`` (mm, default 1 mm
+isotropic), so the array shape is ``round(size / spacing)`` per axis and an anisotropic ``spacing=(1, 1, 3)`` gives
+the same anatomy with thick slices along axis 2. Arrays are in (i, j, k) order with a non-identity affine (diagonal
+spacing, origin at minus half the field of view), as the contract asks.
+
+Intensities: ``normalize=True`` (default) z-scores every channel over the brain (non-zero) voxels and leaves the
+outside at 0 (nnU-Net's ZScoreNormalization with ``use_mask_for_norm``, as the BraTS plans use); ``False`` gives the
+raw positive "scanner units" (0 outside the brain), e.g. to run them through the preprocessing of ``vol_data``.
+
+Deterministic from ``(seed, split, index)`` (train/val/test never share a case; case ``i`` does not depend on
+``num_samples``), cached in memory after the first read. 32³ takes a few ms, 64³ about 0.1 s per case on one core.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["SyntheticBraTS", "generate_brats_volume", "BRATS_REGIONS", "BRATS_REGION_NAMES", "BRATS_CLASS_NAMES",
+           "BRATS_CHANNELS"]
+
+GENERATOR_VERSION = 1
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+_DATA_CODE = 21
+_DEFAULT_N = {"train": 20, "val": 5, "test": 5}
+
+BRATS_CLASS_NAMES = ["background", "NCR/NET", "ED", "ET"]
+BRATS_REGIONS = [[1, 2, 3], [1, 3], [3]]
+BRATS_REGION_NAMES = ["WT", "TC", "ET"]
+BRATS_CHANNELS = ("flair", "t1ce", "t2", "t1")
+
+# tissue intensity per channel: background, WM, GM, CSF, NCR, ED, ET
+_TISSUE = {
+    "flair": (0.0, 0.70, 0.85, 0.20, 0.90, 1.35, 1.20),
+    "t1ce": (0.0, 1.00, 0.78, 0.30, 0.40, 0.70, 1.50),
+    "t2": (0.0, 0.55, 0.80, 1.50, 1.35, 1.20, 1.00),
+    "t1": (0.0, 1.00, 0.75, 0.30, 0.45, 0.65, 0.70),
+}
+_NOISE = {"flair": 0.05, "t1ce": 0.04, "t2": 0.06, "t1": 0.03}
+
+
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], cells: int) -> np.ndarray:
+    """Smooth noise (~unit std) of the given voxel shape with about ``cells`` blobs across the field of view
+    (the same physical scale along every axis whatever the voxel shape)."""
+    from scipy.ndimage import zoom
+
+    g = max(2, int(cells))
+    low = rng.standard_normal((g + 2,) * 3).astype(np.float32)
+    out = zoom(low, [(s + 2 * s / g) / (g + 2) for s in shape], order=1, mode="nearest", grid_mode=True)
+    sl = tuple(slice((o - s) // 2, (o - s) // 2 + s) for o, s in zip(out.shape, shape))
+    out = out[sl]
+    if out.shape != tuple(shape):  # rounding of zoom's output shape: pad by edge values
+        out = np.pad(out, [(0, max(0, s - o)) for o, s in zip(out.shape, shape)], mode="edge")[
+            tuple(slice(0, s) for s in shape)]
+    return out / (out.std() + 1e-6)
+
+
+def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
+    from scipy.ndimage import binary_erosion
+
+    return binary_erosion(mask, iterations=iterations, border_value=0) if iterations > 0 else mask
+
+
+def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(mask, iterations=iterations) if iterations > 0 else mask
+
+
+def generate_brats_volume(rng: np.random.Generator, size: int = 64, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                          channels: Sequence[str] = BRATS_CHANNELS) -> Tuple[np.ndarray, np.ndarray]:
+    """One case: image ``(C, I, J, K)`` float32 of raw positive intensities (0 outside the brain) and label map
+    ``(I, J, K)`` int64 in 0..3 (table in the module docstring). ``size`` is the field of view in mm."""
+    from scipy.ndimage import gaussian_filter
+
+    spacing = tuple(float(s) for s in spacing)
+    shape = tuple(max(8, int(round(size / s))) for s in spacing)
+    axes = [((np.arange(n, dtype=np.float32) + 0.5) * (size / n)) / size * 2 - 1 for n in shape]  # [-1, 1] per axis
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+
+    # brain: ellipsoid with a wavy surface
+    semi = np.array([0.80, 0.68, 0.62]) * rng.uniform(0.92, 1.05, 3)
+    wave = _smooth_noise(rng, shape, 4)
+    rho = np.sqrt((x / semi[0]) ** 2 + (y / semi[1]) ** 2 + (z / semi[2]) ** 2)
+    brain = rho < 1 + 0.04 * wave
+    gm = brain & (rho > 0.80 + 0.06 * _smooth_noise(rng, shape, 6))
+    vent = np.zeros(shape, bool)
+    for side in (-1, 1):
+        c = np.array([0.12 * side, rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.1)])
+        r = np.array([0.07, 0.25, 0.12]) * rng.uniform(0.8, 1.2, 3)
+        vent |= ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 < 1
+
+    # tumour: centre well inside the brain, radii in normalised units
+    r_core = rng.uniform(0.2, 0.3)
+    r_ed = r_core * rng.uniform(1.35, 1.7)
+    direction = rng.standard_normal(3)
+    direction /= np.linalg.norm(direction)
+    centre = direction * semi * rng.uniform(0.0, max(0.0, 0.8 - r_ed / semi.min()))
+    dx, dy, dz = x - centre[0], y - centre[1], z - centre[2]
+    dist = np.sqrt(dx * dx + dy * dy + dz * dz)
+    d_core = dist / (1 + 0.22 * _smooth_noise(rng, shape, 5))
+    d_ed = dist / (1 + 0.30 * _smooth_noise(rng, shape, 4))
+    inner = _erode(brain, 3)
+    tc = (d_core < r_core) & inner
+    wt = ((d_ed < r_ed) | _dilate(tc, 2)) & brain
+    rim = rng.uniform(0.25, 0.45)  # ET thickness as a fraction of the core radius, uneven via the noise below
+    ncr = (d_core < r_core * (1 - rim) * (1 + 0.15 * _smooth_noise(rng, shape, 7))) & _erode(tc, 1)
+    label = np.zeros(shape, np.int64)
+    label[wt] = 2
+    label[tc] = 3
+    label[ncr] = 1
+
+    tissue = np.zeros(shape, np.int64)  # 0 bg, 1 WM, 2 GM, 3 CSF, 4 NCR, 5 ED, 6 ET
+    tissue[brain] = 1
+    tissue[gm] = 2
+    tissue[vent & brain & ~wt] = 3
+    tissue[label == 2] = 5
+    tissue[label == 3] = 6
+    tissue[label == 1] = 4
+    sig_vox = [0.6 / s for s in spacing]  # partial-volume blur of ~0.6 mm
+    texture = _smooth_noise(rng, shape, 12)
+    bias = _smooth_noise(rng, shape, 2)
+    image = np.empty((len(channels),) + shape, np.float32)
+    for ci, name in enumerate(channels):
+        lut = np.asarray(_TISSUE[name], np.float32) * np.float32(rng.uniform(0.9, 1.1))
+        ch = lut[tissue]
+        ch = gaussian_filter(ch, sig_vox, mode="nearest")
+        ch *= 1 + 0.05 * texture + 0.08 * rng.uniform(0.5, 1.0) * bias
+        ch += rng.normal(0, _NOISE[name], shape).astype(np.float32)
+        ch *= np.float32(rng.uniform(300, 900))  # arbitrary scanner units
+        ch[~brain] = 0
+        image[ci] = np.maximum(ch, 0) + brain * 1e-3  # strictly positive inside the brain (non-zero crop = brain)
+    return image, label
+
+
+def _zscore_inside(image: np.ndarray) -> np.ndarray:
+    nz = np.any(image != 0, axis=0)
+    out = np.zeros_like(image)
+    for c in range(image.shape[0]):
+        v = image[c][nz]
+        out[c][nz] = (v - v.mean()) / max(float(v.std()), 1e-8)
+    return out
+
+
+class SyntheticBraTS(Dataset):
+    """Generated BraTS-like volumes (module docstring). ``dataset[i]`` is a contract 3D sample::
+
+        {"image": float32 (C, I, J, K), "mask": int64 (I, J, K) in 0..3,
+         "meta": {"case_id", "spacing", "original_spacing", "affine", "original_shape", "crop_bbox",
+                  "source_files": [], "channel_names"}}
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"`` (independent cases).
+        num_samples: cases in the split (default 20 / 5 / 5).
+        size: field of view in mm (= voxels per axis at 1 mm); >= 16. 32 for tests, 64 for a short demo.
+        spacing: voxel spacing in mm per axis (i, j, k); e.g. ``(1, 1, 3)`` for thick slices along k.
+        channels: 2, 3 or 4 (the first of ``flair, t1ce, t2, t1``), or a list of those names.
+        label_mode: ``"labels"`` (4-class softmax; ``regions`` None) or ``"regions"`` (BraTS WT/TC/ET declared).
+        normalize: z-score each channel inside the brain (0 outside); False keeps raw intensities.
+        seed: base seed.
+        transform: optional callable ``sample -> sample`` on the finished sample dict (e.g. a dict transform).
+
+    Attributes read by the pipeline: ``num_classes`` (4, the label map's classes), ``in_channels``, ``class_names``,
+    ``channel_names``, ``regions`` / ``region_names`` (None in label mode), ``spatial_dims`` (3), ``spacing``.
+    """
+
+    spatial_dims = 3
+
+    def __init__(self, split: str = "train", num_samples: Optional[int] = None, size: int = 64,
+                 spacing: Sequence[float] = (1.0, 1.0, 1.0), channels: Union[int, Sequence[str]] = 4,
+                 label_mode: str = "labels", normalize: bool = True, seed: int = 0,
+                 transform: Optional[Callable[[Dict], Dict]] = None, cache: bool = True):
+        if split not in _SPLIT_CODE:
+            raise ValueError(f"split must be one of {list(_SPLIT_CODE)}, got {split!r}")
+        if int(size) < 16:
+            raise ValueError(f"size must be >= 16 (the field of view in mm), got {size}")
+        spacing = tuple(float(s) for s in (spacing if isinstance(spacing, (list, tuple)) else (spacing,) * 3))
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"spacing must be 3 positive numbers (mm per axis i, j, k), got {spacing}")
+        if isinstance(channels, (int, np.integer)):
+            if not 1 <= int(channels) <= 4:
+                raise ValueError(f"channels must be 1..4 or a list of {list(BRATS_CHANNELS)}, got {channels}")
+            names = BRATS_CHANNELS[: int(channels)]
+        else:
+            names = tuple(str(c).lower() for c in channels)
+            bad = [c for c in names if c not in _TISSUE]
+            if bad or not names:
+                raise ValueError(f"unknown channel(s) {bad}; choose from {list(BRATS_CHANNELS)}")
+        if label_mode not in ("labels", "regions"):
+            raise ValueError(f"label_mode must be 'labels' or 'regions', got {label_mode!r}")
+        self.split, self.size, self.seed = split, int(size), int(seed)
+        self.num_samples = _DEFAULT_N[split] if num_samples is None else int(num_samples)
+        self.spacing = spacing
+        self.channel_names = list(names)
+        self.in_channels = len(names)
+        self.num_classes = 4
+        self.class_names = list(BRATS_CLASS_NAMES)
+        self.label_mode = label_mode
+        self.regions = [list(r) for r in BRATS_REGIONS] if label_mode == "regions" else None
+        self.region_names = list(BRATS_REGION_NAMES) if label_mode == "regions" else None
+        self.normalize = bool(normalize)
+        self.transform = transform
+        self._cache: Optional[Dict[int, Tuple[np.ndarray, np.ndarray]]] = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def case_ids(self) -> List[str]:
+        return [f"brats_{self.split}_{i:04d}" for i in range(len(self))]
+
+    def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``(image (C, I, J, K) float32, label (I, J, K) int64)`` of case ``index`` (cached)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _DATA_CODE, _SPLIT_CODE[self.split],
+                                                             int(index), GENERATOR_VERSION]))
+        image, label = generate_brats_volume(rng, self.size, self.spacing, self.channel_names)
+        if self.normalize:
+            image = _zscore_inside(image)
+        if self._cache is not None:
+            self._cache[index] = (image, label)
+        return image, label
+
+    def __getitem__(self, index) -> Dict:
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} cases")
+        index %= len(self)
+        image, label = self.load(index)
+        shape = tuple(int(s) for s in label.shape)
+        affine = np.diag(list(self.spacing) + [1.0])
+        affine[:3, 3] = [-self.size / 2.0] * 3
+        sample = {"image": torch.from_numpy(image.copy()), "mask": torch.from_numpy(label.copy()),
+                  "meta": {"case_id": self.case_ids()[index], "spacing": self.spacing,
+                           "original_spacing": self.spacing, "affine": affine.tolist(), "original_shape": shape,
+                           "crop_bbox": [[0, s] for s in shape], "source_files": [],
+                           "channel_names": list(self.channel_names)}}
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    def __repr__(self):
+        return (f"SyntheticBraTS(split={self.split!r}, num_samples={len(self)}, size={self.size}, "
+                f"spacing={self.spacing}, channels={self.channel_names}, label_mode={self.label_mode!r})")
