@@ -530,6 +530,28 @@ class SegmentationModule(pl.LightningModule):
     # checkpoints: refuse another model / class count with a clear message before any weight is touched
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         check_checkpoint_compatible(checkpoint, self.hparams, where="the checkpoint")
+        if checkpoint.get("volumetric"):
+            self.volumetric_info = checkpoint["volumetric"]
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """3-D: keep what ``predict`` needs to preprocess new volumes as the training ones (plan, label values)."""
+        if self.spatial_dims != 3:
+            return
+        info = getattr(self, "volumetric_info", None)
+        trainer = getattr(self, "_trainer", None)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if info is None and dm is not None and hasattr(dm, "_probe"):
+            from .volumetric import volumetric_info
+            info = volumetric_info(dm._probe())
+            kw = getattr(dm, "dataset_kwargs", None) or {}
+            if info is not None:  # reader options of per-case folders, for predict on the same layout
+                ch = kw.get("channels")
+                info["reader"] = {"channels": list(ch) if isinstance(ch, (list, tuple)) else None,
+                                  "label": kw.get("label") if isinstance(kw.get("label"), str) else None}
+        if info is not None:
+            from .io import to_plain
+            self.volumetric_info = to_plain(info)
+            checkpoint["volumetric"] = self.volumetric_info
 
 
 def check_checkpoint_compatible(checkpoint: Dict[str, Any], hparams, where: str = "the checkpoint") -> None:

@@ -130,3 +130,29 @@ def infer_volume(net, image: torch.Tensor, settings: SlidingWindowSettings,
                                    mirror_axes=tuple(range(nd)) if settings.mirror else None,
                                    batch_size=settings.batch_size, progress=progress, desc=desc)
     return logits, logits_to_segmentation(logits, regions)
+
+
+def volumetric_info(dataset) -> Optional[Dict[str, Any]]:
+    """What ``predict`` needs to preprocess new volumes exactly as the training volumes and to write labels in the
+    data set's own values (stored in the checkpoint under ``"volumetric"``): the preprocessing plan, the raw label
+    values (class index -> value, e.g. BraTS 3 -> 4), channel names and regions. ``None`` for 2-D data.
+
+    A data set with a ``plan`` (``mambaseg.data.volumetric.VolumetricDataset``) gives its plan; a generated set
+    without one (``synthetic-brats``: already z-scored inside the non-zero region at its own spacing) gets the
+    equivalent plan: its spacing, per-image z-score inside the non-zero mask."""
+    base = getattr(dataset, "dataset", dataset)
+    if int(getattr(base, "spatial_dims", 2) or 2) != 3:
+        return None
+    n_ch = int(getattr(base, "in_channels", 1))
+    plan = getattr(base, "plan", None)
+    if plan is not None and hasattr(plan, "to_dict"):
+        plan_d = plan.to_dict()
+    else:
+        spacing = [float(s) for s in getattr(base, "spacing", (1.0, 1.0, 1.0))]
+        plan_d = {"target_spacing": spacing, "normalization": ["zscore"] * n_ch, "use_mask_for_norm": [True] * n_ch,
+                  "intensity_properties": [None] * n_ch}
+    nc = int(getattr(base, "num_classes", 2))
+    return {"plan": plan_d,
+            "label_values": [int(v) for v in (getattr(base, "label_values", None) or range(nc))],
+            "channel_names": [str(c) for c in (getattr(base, "channel_names", None) or [f"ch{i}" for i in range(n_ch)])],
+            "regions": getattr(base, "regions", None), "region_names": getattr(base, "region_names", None)}

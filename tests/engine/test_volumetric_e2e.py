@@ -1,0 +1,128 @@
+"""End to end on CPU with a tiny 3-D conv net (defined here, registered only for these tests): fit on patches of
+the synthetic BraTS set (regions WT/TC/ET), validate and test on whole volumes with the sliding window (metrics in
+mm, NSD, per-region keys), save a checkpoint, and predict a NIfTI whose affine and shape equal the input's."""
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from mambaseg.models import registry
+
+
+class Tiny3D(nn.Module):
+    """Two 3x3x3 convolutions; keeps the input size (downsample factor 1)."""
+
+    spatial_dims = 3
+    downsample_factor = 1
+    default_input_size = (16, 16, 8)
+    feature_info = []
+    encoder_modules = []
+
+    def __init__(self, in_channels=2, num_classes=3):
+        super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.body = nn.Sequential(nn.Conv3d(in_channels, 8, 3, padding=1), nn.LeakyReLU(0.01),
+                                  nn.Conv3d(8, num_classes, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.fixture
+def tiny3d(monkeypatch):
+    registry._ensure_loaded()
+    info = registry.ModelInfo("tiny3d_test", lambda **kw: Tiny3D(**{k: kw[k] for k in ("in_channels", "num_classes")}),
+                              "", 16, "cnn", "tiny 3-D test net", {})
+    monkeypatch.setitem(registry._REGISTRY, "tiny3d_test", info)
+    return "tiny3d_test"
+
+
+def _data(**kw):
+    from mambaseg.engine.datamodule import SegDataModule
+    return SegDataModule("synthetic-brats", dataset_kwargs={"size": 16, "spacing": [1.0, 1.0, 2.0], "channels": 2,
+                                                            "label_mode": "regions"},
+                         split_kwargs={"train": {"num_samples": 3}, "val": {"num_samples": 2},
+                                       "test": {"num_samples": 2}},
+                         image_size=[16, 16, 8], batch_size=2, iterations_per_epoch=2, val_split="val",
+                         augmentation=None, num_workers=0, check="none", **kw)
+
+
+def test_fit_validate_test_predict_3d(tiny3d, tmp_path):
+    import lightning.pytorch as pl
+
+    from mambaseg.engine.module import SegmentationModule
+    from mambaseg.engine.predict import load_module, predict_paths
+
+    dm = _data()
+    assert dm.spatial_dims == 3 and dm.regions == [[1, 2, 3], [1, 3], [3]]
+    module = SegmentationModule(model=tiny3d, num_classes=dm.num_classes, in_channels=dm.in_channels,
+                                image_size=[16, 16, 8], regions=dm.regions, region_names=dm.region_names,
+                                nsd_tolerance=[2.0, 2.0, 1.0], sw_overlap=0.5, sw_batch_size=2, lr=1e-2,
+                                scheduler="none", aggregation="per_volume", hd95_mode="monai")
+    assert module.out_channels == 3 and module.loss_name == "nnunet_region_dc_bce"
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2  # iterations_per_epoch batches of patches
+    assert "val/dice" in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
+    trainer.test(module, datamodule=dm, verbose=False)
+    res = module.test_results
+    summary, rows = res["summary"], res["rows"]
+    assert summary["count/cases"] == 2 and [r["case_id"] for r in rows] == ["brats_test_0000", "brats_test_0001"]
+    for key in ("dice/WT", "dice/TC", "dice/ET", "nsd/WT", "hd95/ET", "std/dice/WT"):
+        assert key in summary
+    assert all(r["spacing"] == "1x1x2" for r in rows)  # metrics in mm from the volume's spacing
+    sw = res["settings"]["sliding_window"]
+    assert sw["patch_size"] == [16, 16, 8] and sw["overlap"] == 0.5 and res["settings"]["regions"] == dm.regions
+
+    # the sliding-window labels of the module equal a direct window over the whole volume (patch = volume size)
+    case = dm._datasets["test"][0]
+    with torch.no_grad():
+        direct = module.net(case["image"][None])[0]
+    from mambaseg.engine.sliding_window import logits_to_segmentation
+    assert torch.equal(module._infer({"image": case["image"][None], "mask": case["mask"][None],
+                                      "meta": {"case_id": ["x"], "spacing": [case["meta"]["spacing"]]}})[0][0],
+                       logits_to_segmentation(direct, dm.regions))
+
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(str(ckpt))
+    loaded = load_module(str(ckpt))
+    assert loaded.spatial_dims == 3 and loaded.volumetric_info["plan"]["target_spacing"] == [1.0, 1.0, 2.0]
+
+    # a 4-D NIfTI (channels last, as the Decathlon ships) with a rotated, anisotropic affine
+    from mambaseg.data.synthetic3d import SyntheticBraTS
+    raw = SyntheticBraTS("test", num_samples=1, size=16, spacing=(1.0, 1.0, 2.0), channels=2, normalize=False)
+    img = raw.load(0)[0]  # (2, 16, 16, 8)
+    c, s = math.cos(0.4), math.sin(0.4)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.diag([1.0, 1.0, 2.0])
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    src = tmp_path / "in" / "brain.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.moveaxis(img, 0, -1), affine), str(src))
+    bad = tmp_path / "in" / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    out = tmp_path / "pred"
+    result = predict_paths(loaded, [str(src), str(bad)], str(out), progress=False)
+    assert len(result.written) == 1 and len(result.errors) == 1 and "broken" in result.errors[0][0]
+    assert (out / "errors.txt").read_text().startswith(str(bad))
+    pred = nib.load(result.written[0])
+    assert pred.shape == (16, 16, 8)
+    np.testing.assert_allclose(pred.affine, affine, atol=1e-5)
+    vals = set(np.unique(np.asanyarray(pred.dataobj)).tolist())
+    assert vals <= {0, 1, 2, 3} and pred.header.get_data_dtype() == np.uint8
+
+
+def test_3d_model_refuses_2d_batches_and_bad_patch(tiny3d):
+    from mambaseg.engine.errors import MambasegUserError
+    from mambaseg.engine.module import SegmentationModule
+
+    with pytest.raises(MambasegUserError, match="one per spatial axis"):
+        SegmentationModule(model=tiny3d, num_classes=4, in_channels=2, image_size=[16, 16])
+    m = SegmentationModule(model=tiny3d, num_classes=4, in_channels=2, image_size=[8, 8, 8])
+    assert m.loss_name == "nnunet_dc_ce" and m.out_channels == 4
+    with pytest.raises(MambasegUserError, match="2-D data set given to a 3-D config"):
+        m._infer({"image": torch.zeros(1, 2, 8, 8), "mask": torch.zeros(1, 8, 8, dtype=torch.long), "meta": {}})
