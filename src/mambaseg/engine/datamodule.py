@@ -190,6 +190,8 @@ class SegDataModule(pl.LightningDataModule):
         iterations_per_epoch: 3-D: training batches per epoch (nnU-Net: 250).
         oversample_foreground: 3-D: share of patches centred on foreground (nnU-Net: 0.33).
         augmentation: 3-D: ``"nnunet"`` (nnU-Net's spatial + intensity augmentation) or ``None`` (plain crops).
+        region_based: train on the data set's regions when it declares them (BraTS WT/TC/ET: sigmoid outputs, region
+            Dice + BCE, as nnU-Net); ``False`` trains plain softmax over the labels (as SegMamba and nnMamba do).
     """
 
     def __init__(self, dataset: str = "synthetic-skin", root: Optional[str] = None,
@@ -202,7 +204,7 @@ class SegDataModule(pl.LightningDataModule):
                  num_classes: Optional[int] = None, in_channels: Optional[int] = None, check: str = "header",
                  split: Optional[List[float]] = None, split_file: Optional[str] = None,
                  iterations_per_epoch: int = 250, oversample_foreground: float = 0.33,
-                 augmentation: Optional[str] = "nnunet"):
+                 augmentation: Optional[str] = "nnunet", region_based: bool = True):
         super().__init__()
         from mambaseg.data import list_datasets
         names = list(list_datasets()) if callable(list_datasets) else []
@@ -260,6 +262,8 @@ class SegDataModule(pl.LightningDataModule):
     @property
     def regions(self) -> Optional[List[List[int]]]:
         """The data set's regions (region-based training, e.g. BraTS WT/TC/ET), or None."""
+        if not self.hparams.get("region_based", True):
+            return None
         r = getattr(self._probe(), "regions", None)
         return None if not r else [[int(v) for v in reg] for reg in r]
 
