@@ -1,9 +1,9 @@
-"""U-Mamba Bot (2-D): nnU-Net residual U-Net with one Mamba layer at the bottleneck.
+"""U-Mamba Bot (2-D and 3-D): nnU-Net residual U-Net with one Mamba layer at the bottleneck.
 
 Paper: J. Ma, F. Li, B. Wang, "U-Mamba: Enhancing Long-range Dependency for Biomedical Image Segmentation",
 arXiv:2401.04722 (2024). Upstream: https://github.com/bowang-lab/U-Mamba (commit 28459e3,
 ``umamba/nnunetv2/nets/UMambaBot_2d.py``, trainer ``nnUNetTrainerUMambaBot``), described in
-``upstream_mamba1_models.md`` §3; re-written here in our own code on :mod:`mambaseg.models.blocks.nnunet_blocks` and the
+``upstream_mamba1_models.md`` §3; 3-D: ``UMambaBot_3d.py``, ``upstream_3d_models.md`` §3; re-written here in our own code on :mod:`mambaseg.models.blocks.nnunet_blocks` and the
 Mamba-1 block :class:`mambaseg.models.blocks.mamba1.Mamba`. Module names equal upstream's (``encoder.stem``,
 ``encoder.stages``, ``mamba_layer.{norm,mamba}``, ``decoder.{encoder,stages,upsample_layers,seg_layers}``), so an
 upstream ``network_weights`` state dict (``decoder.encoder.*`` duplicates included) loads with ``strict=True``.
@@ -26,14 +26,22 @@ Upstream quirks, all kept:
 * The decoder holds the encoder as a child, so every ``encoder.*`` key also exists as ``decoder.encoder.*``.
 * ``BasicResBlock`` always has its 1x1 conv (``conv3``), even when widths and stride are unchanged.
 
+3-D (``spatial_dims=3``, registered as ``umamba_bot_3d``; default plan ``"brats128"``): the same class with Conv3d /
+InstanceNorm3d, per-axis kernels, paddings (k // 2) and strides from the 3d_fullres plan (``"brats128"``,
+``"abd40"``, a cube / box planned by nnU-Net's rule, or explicit per-axis lists), widths min(32 * 2^i, 320), and
+upstream's one architectural 3-D difference: **the decoder concatenates the skip at every stage**, the
+full-resolution one included (its last BasicResBlock is 2 * 32 -> 32). Tokens are the voxels in (D, H, W)
+row-major order. brats128 (4 -> 4): 42,124,692 parameters, as upstream.
+
 Differences, each deliberate:
 
 * ``deep_supervision`` defaults to False (a single logits tensor, as every mambaseg model); upstream's builder
   default is True (list of logits, full resolution first). ``model.deep_supervision`` can be flipped as
   nnU-Net's ``set_deep_supervision_enabled`` does; ``"train"`` returns the list in training mode only (what the
   nnU-Net trainer does; the engine then applies nnU-Net's deep-supervision loss weights).
-* The Mamba layer runs in float32 under any autocast (upstream disables CUDA autocast and casts fp16 only; we
-  also cast bf16, and disable autocast on CPU too).
+* The Mamba layer runs in float32 under any autocast (upstream, 2-D and 3-D, disables CUDA autocast and casts
+  fp16 only, so under bf16 autocast its fp32 Mamba would get bf16 tensors; we also cast bf16, and disable autocast
+  on CPU too).
 * Input sizes not divisible by the product of the strides (64 for plan256) raise a ValueError.
 * The ignored upstream arguments (``stem_channels``, ``dropout_op``, ``pool_type``) are not accepted.
 """
@@ -45,47 +53,54 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from ..backbone import BackboneMixin
-from ..blocks.nnunet_blocks import block_counts_umamba, init_weights_he, nnunet_plan_2d
-from ..blocks.umamba import MambaLayer, NNUNetMambaBase, UNetResDecoder, UNetResEncoder
+from ..blocks.nnunet_blocks import block_counts_umamba, init_weights_he, nnunet_plan
+from ..blocks.umamba import MambaLayer, NNUNetMambaBase, UNetResDecoder, UNetResEncoder, nnunet_feature_info
 from ..registry import register_model
 
 __all__ = ["UMambaBot"]
 
 
 class UMambaBot(NNUNetMambaBase, BackboneMixin):
-    """U-Mamba Bot 2-D (Ma et al., 2024, arXiv:2401.04722). Input (B, in_channels, H, W), H and W divisible by
-    the product of the strides (64 for the 256 plan, 128 for the 512 plan); output logits (B, num_classes, H, W),
-    or with ``deep_supervision`` a list of logits, full resolution first (one per decoder stage).
+    """U-Mamba Bot (Ma et al., 2024, arXiv:2401.04722). Input (B, in_channels, H, W) or, with ``spatial_dims=3``,
+    (B, in_channels, D, H, W), every axis divisible by the product of the strides along it (64 for the 2-D 256
+    plan, 128 for 512; 32 for brats128; 8 x 32 x 32 for abd40); output logits of the input's size, or with
+    ``deep_supervision`` a list of logits, full resolution first (one per decoder stage).
 
     Args:
         in_channels: image channels. Default 3.
         num_classes: output channels (nnU-Net: segmentation heads incl. background). Default 1.
-        patch_size: nnU-Net plan to build (spec §2.1): 256 (7 stages, default) or 512 (8 stages); any size
-            divisible by 2^floor(log2(size/4)) works (64 -> 5 stages).
+        patch_size: nnU-Net plan to build. 2-D (spec §2.1): 256 (7 stages, default) or 512 (8 stages); any size
+            divisible by 2^floor(log2(size/4)) works (64 -> 5 stages). 3-D: ``"brats128"`` (default),
+            ``"abd40"``, an int (a cube) or a (D, H, W) tuple (nnU-Net's topology for isotropic spacing).
         features_per_stage, strides, kernel_sizes, n_conv_per_stage, n_conv_per_stage_decoder: explicit plan
             lists instead of the canonical ones (the block-count override is applied to them as upstream).
         deep_supervision: return every decoder stage's logits: True (always, upstream's builder default), False
             (default), or ``"train"`` (in training mode only, as nnU-Net trains and then validates).
+        spatial_dims: 2 (default) or 3 (upstream's ``UMambaBot_3d.py``).
     """
 
     arch_name = "U-Mamba Bot"
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 1, patch_size: int = 256,
-                 features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence[int]] = None,
-                 kernel_sizes: Optional[Sequence[int]] = None, n_conv_per_stage: Optional[Sequence[int]] = None,
-                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: Union[bool, str] = False):
+    def __init__(self, in_channels: int = 3, num_classes: int = 1, patch_size=None,
+                 features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence] = None,
+                 kernel_sizes: Optional[Sequence] = None, n_conv_per_stage: Optional[Sequence[int]] = None,
+                 n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: Union[bool, str] = False,
+                 spatial_dims: int = 2):
         super().__init__()
-        plan = nnunet_plan_2d(patch_size, features_per_stage, strides, kernel_sizes, n_conv_per_stage,
-                              n_conv_per_stage_decoder, model=self.arch_name)
+        if patch_size is None:
+            patch_size = 256 if spatial_dims == 2 else "brats128"
+        plan = nnunet_plan(patch_size, spatial_dims, features_per_stage, strides, kernel_sizes, n_conv_per_stage,
+                           n_conv_per_stage_decoder, model=self.arch_name)
         self._setup(in_channels, num_classes, plan)
         n_enc, n_dec = block_counts_umamba(plan.n_conv_encoder, plan.n_conv_decoder)
         self.n_blocks_per_stage, self.n_conv_per_stage_decoder = n_enc, n_dec
         self.encoder = UNetResEncoder(in_channels, plan, n_enc)
         self.mamba_layer = MambaLayer(dim=plan.features[-1])
-        self.decoder = UNetResDecoder(self.encoder, num_classes, plan, n_dec, deep_supervision)
+        self.decoder = UNetResDecoder(self.encoder, num_classes, plan, n_dec, deep_supervision,
+                                      concat_all=plan.spatial_dims == 3)
         n = plan.n_stages
-        self.feature_info = [dict(num_chs=c, reduction=r, module=f"encoder.stages.{i}" if i < n - 1 else "mamba_layer")
-                             for i, (c, r) in enumerate(zip(plan.features, plan.reductions))]
+        self.feature_info = nnunet_feature_info(
+            plan, [f"encoder.stages.{i}" if i < n - 1 else "mamba_layer" for i in range(n)])
         self.apply(init_weights_he)
 
     def forward_intermediates(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -103,3 +118,11 @@ class UMambaBot(NNUNetMambaBase, BackboneMixin):
 def umamba_bot(in_channels: int = 3, num_classes: int = 1, **kwargs) -> UMambaBot:
     """U-Mamba Bot 2-D, nnU-Net 256 plan (7 stages, 32..512), one Mamba layer at the bottleneck."""
     return UMambaBot(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+@register_model("umamba_bot_3d", paper="U-Mamba (Ma, Li & Wang, 2024, arXiv:2401.04722)", default_size=128,
+                spatial_dims=3)
+def umamba_bot_3d(in_channels: int = 4, num_classes: int = 4, **kwargs) -> UMambaBot:
+    """U-Mamba Bot 3-D, nnU-Net 3d_fullres plan (default brats128: 128^3, 6 stages, 32..320), skip at every decoder
+    stage."""
+    return UMambaBot(in_channels=in_channels, num_classes=num_classes, spatial_dims=3, **kwargs)
