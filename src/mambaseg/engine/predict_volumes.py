@@ -3,8 +3,8 @@ preprocessing -> NIfTI with the input's affine and header.
 
 Inputs (``mambaseg predict --input``): single NIfTI files (3-D: one channel; 4-D: the channels on the last axis, as
 the Decathlon ships them) or folders in any layout of :mod:`mambaseg.data.volumes` (nnU-Net raw, Decathlon, BraTS
-2020/2023 case folders, image/label folders, a flat folder of NIfTI files; per-case folders with the reader options
-the model was trained with). Labelled and unlabelled cases are predicted alike; labels are not read.
+2020/2023 case folders, image/label folders; per-case folders with the reader options the model was trained with);
+a folder that is none of these is read as a flat folder of volumes, one NIfTI file per case. Labelled and unlabelled cases are predicted alike; labels are not read.
 
 Per case, as nnU-Net's predictor: the checkpoint's preprocessing plan (``checkpoint["volumetric"]["plan"]``:
 target spacing, normalisation per channel, CT statistics) is applied (crop to the non-zero region, normalise,
@@ -77,7 +77,21 @@ def _cases(inputs: Sequence[str], info: dict, reader: dict):
                     raise MambasegUserError(f"not a NIfTI file (.nii.gz / .nii): a 3-D model predicts volumes")
                 vs = _single_file_set(p, info)
             elif p.is_dir():
-                vs = read_volume_set(p, channels=reader.get("channels"), label=reader.get("label"))
+                try:
+                    vs = read_volume_set(p, channels=reader.get("channels"), label=reader.get("label"))
+                except Exception:  # noqa: BLE001 - not a labelled layout: a flat folder of volumes to predict
+                    flat = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                                  and f.name.lower().endswith(_NIFTI))
+                    if not flat:
+                        raise
+                    for f in flat:
+                        try:
+                            one = _single_file_set(f, info)
+                        except Exception as e:  # noqa: BLE001
+                            errors.append((str(f), f"{type(e).__name__}: {e}"))
+                            continue
+                        out.append((one.train[0], one))
+                    continue
             else:
                 raise FileNotFoundError("no such file or folder")
         except Exception as e:  # noqa: BLE001 - listed, the other inputs go on

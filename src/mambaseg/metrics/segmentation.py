@@ -189,6 +189,7 @@ class SegmentationMetrics(Metric):
         self.add_state("cases", default=[], dist_reduce_fx="cat")
         self.set_dtype(torch.float64)
         self._auto_id = 0
+        self._spacing_per_case = False  # set by update() calls that pass a spacing (volumes: the header's, mm)
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> Dict[str, object]:
@@ -202,13 +203,14 @@ class SegmentationMetrics(Metric):
             "hd95_mode": self.hd95_mode,
             "empty_policy": self.policy.to_dict(),
             "distances": self.distances,
-            "spacing": list(self.spacing) if self.spacing is not None else None,
-            "spacing_unit": "pixels" if self.spacing is None else "as given",
+            "spacing": (list(self.spacing) if self.spacing is not None else
+                        ("per case" if self._spacing_per_case else None)),
+            "spacing_unit": "pixels" if self.spacing is None and not self._spacing_per_case else "as given",
             "regions": self.regions,
             "nsd_tolerance": (None if self.nsd_tolerance is None else
                               {self._cname(k): t for k, t in self.nsd_tolerance.items()}),
-            "nsd_tolerance_unit": None if self.nsd_tolerance is None else ("pixels" if self.spacing is None
-                                                                           else "as spacing (mm)"),
+            "nsd_tolerance_unit": None if self.nsd_tolerance is None else (
+                "pixels" if self.spacing is None and not self._spacing_per_case else "as spacing (mm)"),
             "nsd": "MONAI compute_surface_dice(use_subvoxels=False)" if self.nsd_tolerance else None,
             "surface": f"mask XOR binary_erosion(mask, generate_binary_structure(ndim, {self.connectivity}))",
         }
@@ -255,6 +257,8 @@ class SegmentationMetrics(Metric):
             if len(ids) != n:
                 raise ValueError(f"got {len(ids)} case ids for a batch of {n} cases.")
         # spacing per case
+        if spacing is not None:
+            self._spacing_per_case = True
         sp = spacing if spacing is not None else self.spacing
         if sp is None:
             sp_rows = np.ones((n, nd))
