@@ -329,6 +329,11 @@ class SegmentationModule(pl.LightningModule):
             out.append((labels[i].cpu(), target[i].long().cpu(), ids[i], _spacing(spacings[i]), image[i], loss))
         return out
 
+    def _case_progress(self) -> bool:
+        """A progress bar per test case (whole volumes are slow on a CPU); none during validation."""
+        trainer = getattr(self, "_trainer", None)
+        return bool(trainer is not None and trainer.testing and trainer.progress_bar_callback is not None)
+
     def _infer_3d(self, image, mask, ids, spacings):
         """Whole volumes ``(B, C, I, J, K)``: sliding window per case, loss of the blended logits on the CPU."""
         if image.dim() != 5:
@@ -337,7 +342,7 @@ class SegmentationModule(pl.LightningModule):
         out = []
         for i in range(image.shape[0]):
             logits, labels = infer_volume(self.net, image[i], self.sliding_window, self._regions,
-                                          progress=False, desc=str(ids[i]))
+                                          progress=self._case_progress(), desc=str(ids[i]))
             tgt = mask[i].long().cpu()
             loss = self.loss_fn(logits[None], tgt[None]) if tgt.shape == labels.shape else None
             out.append((labels, tgt, ids[i], _spacing(spacings[i]), image[i], loss))
