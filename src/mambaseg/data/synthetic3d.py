@@ -68,17 +68,13 @@ _NOISE = {"flair": 0.05, "t1ce": 0.04, "t2": 0.06, "t1": 0.03}
 
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], cells: int) -> np.ndarray:
     """Smooth noise (~unit std) of the given voxel shape with about ``cells`` blobs across the field of view
-    (the same physical scale along every axis whatever the voxel shape)."""
-    from scipy.ndimage import zoom
+    (the same physical scale along every axis whatever the voxel shape): trilinear upsampling of white noise."""
+    import torch.nn.functional as F
 
     g = max(2, int(cells))
-    low = rng.standard_normal((g + 2,) * 3).astype(np.float32)
-    out = zoom(low, [(s + 2 * s / g) / (g + 2) for s in shape], order=1, mode="nearest", grid_mode=True)
-    sl = tuple(slice((o - s) // 2, (o - s) // 2 + s) for o, s in zip(out.shape, shape))
-    out = out[sl]
-    if out.shape != tuple(shape):  # rounding of zoom's output shape: pad by edge values
-        out = np.pad(out, [(0, max(0, s - o)) for o, s in zip(out.shape, shape)], mode="edge")[
-            tuple(slice(0, s) for s in shape)]
+    low = torch.from_numpy(rng.standard_normal((g,) * 3).astype(np.float32))
+    out = F.interpolate(low[None, None], size=tuple(int(s) for s in shape), mode="trilinear",
+                        align_corners=False)[0, 0].numpy()
     return out / (out.std() + 1e-6)
 
 

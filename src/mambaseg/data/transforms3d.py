@@ -162,23 +162,26 @@ def extract_patch(image: torch.Tensor, mask: Optional[torch.Tensor], origin: Seq
 # ----------------------------------------------------------------------------------------------------------------
 def gaussian_blur(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     """Separable Gaussian blur of one channel ``x`` (spatial axes only), sigma per axis in voxels, kernel radius
-    ``int(4 sigma + 0.5)``, mirrored borders (scipy's ``mode="mirror"``; replicate where an axis is too short)."""
-    n = x.dim()
+    ``int(4 sigma + 0.5)``, mirrored borders (scipy's ``mode="mirror"``; edge values where an axis is too short).
+    Each axis is a weighted sum of shifted views (faster on the CPU than ``conv1d`` over many short rows)."""
     out = x
     for axis, s in enumerate(sigmas):
         if s <= 0:
             continue
         r = int(4.0 * s + 0.5)
-        t = torch.arange(-r, r + 1, dtype=torch.float64)
-        k = torch.exp(-0.5 * (t / s) ** 2)
-        k = (k / k.sum()).to(x.dtype)
-        moved = out.movedim(axis, -1)
-        shp = moved.shape
-        flat = moved.reshape(-1, 1, shp[-1])
-        mode = "reflect" if shp[-1] > r else "replicate"
-        flat = F.conv1d(F.pad(flat, (r, r), mode=mode), k.view(1, 1, -1))
-        out = flat.reshape(shp).movedim(-1, axis)
-    assert out.dim() == n
+        t = np.arange(-r, r + 1, dtype=np.float64)
+        k = np.exp(-0.5 * (t / s) ** 2)
+        k /= k.sum()
+        n = out.shape[axis]
+        if n > r:  # mirror: index -i -> i, n - 1 + i -> n - 1 - i
+            idx = np.concatenate([np.arange(r, 0, -1), np.arange(n), np.arange(n - 2, n - 2 - r, -1)])
+        else:
+            idx = np.clip(np.arange(-r, n + r), 0, n - 1)
+        padded = out.index_select(axis, torch.from_numpy(idx))
+        acc = padded.narrow(axis, 0, n) * float(k[0])
+        for j in range(1, 2 * r + 1):
+            acc.add_(padded.narrow(axis, j, n), alpha=float(k[j]))
+        out = acc
     return out
 
 
