@@ -98,9 +98,12 @@ def test_probabilistic_oversampling_fraction():
     ds = Cases([_corner_cube_case()])
     p = PatchDataset(ds, (8, 8, 8), batch_size=2, samples_per_epoch=600, augmentation=None, seed=3,
                      probabilistic_oversampling=True)
-    forced = np.array([p[i]["meta"]["forced_foreground"] for i in range(600)])
+    forced = np.array([p.is_forced(i) for i in range(600)])
     sd = np.sqrt(0.33 * 0.67 / 600)
     assert abs(forced.mean() - 0.33) < 4 * sd
+    for i in range(30):  # the sample follows the same coin and forced samples hold foreground
+        s = p[i]
+        assert s["meta"]["forced_foreground"] == forced[i] and (not forced[i] or (s["mask"] == 1).any())
 
 
 def test_forced_class_is_drawn_among_present_classes_and_regions():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_dilation
 
-from mambaseg.data import build_dataset, list_datasets
+from mambaseg.data import build_dataset, build_volume_dataset, list_datasets
 from mambaseg.data.synthetic3d import BRATS_REGIONS, SyntheticBraTS
 
 SIX = np.zeros((3, 3, 3), bool)
@@ -98,6 +98,8 @@ def test_registry_and_bad_arguments():
                        transform=lambda s: {**s, "seen": True})
     s = ds[0]
     assert s["seen"] and s["image"].shape[0] == 2 and ds.regions is not None
+    vols = build_volume_dataset("synthetic-brats", split="test", num_samples=1, size=32)
+    assert vols[0]["image"].shape == (4, 32, 32, 32)
     with pytest.raises(ValueError, match="channels"):
         SyntheticBraTS(channels=5)
     with pytest.raises(ValueError, match="unknown channel"):

@@ -185,10 +185,12 @@ class PatchDataset(Dataset):
         sampler=ds.sampler(), collate_fn=collate_samples)``)."""
         return PatchSampler(self.samples_per_epoch, start_epoch)
 
-    def is_forced(self, index: int, rng: Optional[np.random.Generator] = None) -> bool:
-        """Whether sample ``index`` must be centred on foreground (deterministic rule unless probabilistic)."""
+    def is_forced(self, index: int) -> bool:
+        """Whether sample ``index`` must be centred on foreground: nnU-Net's batch-position rule, or with
+        ``probabilistic_oversampling`` a coin of probability ``oversample_foreground`` from the index's own seed."""
         if self.probabilistic_oversampling:
-            return bool(rng.random() < self.oversample_foreground)
+            coin = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, int(index), 1])).random()
+            return bool(coin < self.oversample_foreground)
         j = (int(index) % self.samples_per_epoch) % self.batch_size
         return j >= round(self.batch_size * (1 - self.oversample_foreground))
 
@@ -239,7 +241,7 @@ class PatchDataset(Dataset):
                           f"{self.patch_size}: padded (image 0, label -1 -> {self.outside_label}); said once",
                           UserWarning, stacklevel=2)
         lo, hi = patch_origin_range(shape, self.patch_size)
-        forced = self.is_forced(index, rng)
+        forced = self.is_forced(index)
         fg_class = -1
         origin = None
         if forced:

@@ -231,6 +231,10 @@ class SyntheticBraTS(Dataset):
     def case_ids(self) -> List[str]:
         return [f"brats_{self.split}_{i:04d}" for i in range(len(self))]
 
+    def volumes(self) -> "SyntheticBraTS":
+        """The data set itself (its samples are already whole volumes; for ``build_volume_dataset``)."""
+        return self
+
     def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """``(image (C, I, J, K) float32, label (I, J, K) int64)`` of case ``index`` (cached)."""
         if self._cache is not None and index in self._cache:

@@ -27,7 +27,8 @@ mirroring                   every axis with p 0.5 (exact flips of image and labe
 ==========================  =========================================================================================
 
 Brightness, contrast and gamma factors are drawn as batchgenerators' ``BGContrast``: with probability 1/2 from
-U(lo, 1), otherwise from U(1, hi) (so half the draws darken/flatten, half brighten/steepen; a plain U(lo, hi) would not).
+U(lo, 1), otherwise from U(1, hi) (half the draws darken/flatten, half brighten/steepen; a plain U(lo, hi) would
+not).
 The label is only moved by the spatial step and the flips; -1 passes through (the patch sampler maps it, see
 :mod:`mambaseg.data.patches`).
 
@@ -113,8 +114,8 @@ def crop_pad(array: torch.Tensor, lo: Sequence[int], hi: Sequence[int], value=0)
 def extract_patch(image: torch.Tensor, mask: Optional[torch.Tensor], origin: Sequence[int],
                   patch_size: Sequence[int], matrix: Optional[np.ndarray] = None,
                   label_pad: int = -1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The patch of ``patch_size`` whose corner is ``origin`` (may lie outside the volume: padded with 0 / ``label_pad``),
-    optionally rotated/scaled by ``matrix`` (N x N, voxel space) about the patch centre.
+    """The patch of ``patch_size`` whose corner is ``origin`` (may lie outside the volume: padded with 0 /
+    ``label_pad``), optionally rotated/scaled by ``matrix`` (N x N, voxel space) about the patch centre.
 
     With ``matrix`` the output voxel ``o`` takes the input at ``c + matrix @ (o - (P - 1) / 2)`` with ``c = origin +
     (P - 1) / 2``: image linear (0 outside), label nearest (``label_pad`` outside). Only the input box the rotated
