@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mambaseg.data.base import collate_samples
-from mambaseg.data.patches import (PatchDataset, class_locations, forced_positions, patch_origin_range)
+from mambaseg.data.patches import (PatchDataset, class_locations, forced_positions, patch_loader,
+                                   patch_origin_range)
 from mambaseg.data.synthetic3d import SyntheticBraTS
 
 
@@ -158,6 +159,16 @@ def test_seeding_independent_of_workers_and_fresh_per_epoch():
     assert p.is_forced(5) == p.is_forced(1)  # positions follow the epoch layout
     p.set_epoch(1)
     assert not torch.equal(p[0]["image"], a[0]["image"])
+
+
+def test_patch_loader_batches_and_fresh_epochs():
+    ds = Cases([_corner_cube_case((20, 20, 20))])
+    p = PatchDataset(ds, (8, 8, 8), batch_size=3, samples_per_epoch=7, augmentation=None)
+    dl = patch_loader(p)
+    e0, e1 = list(dl), list(dl)
+    assert len(e0) == 2 and e0[0]["image"].shape == (3, 1, 8, 8, 8) and isinstance(e0[0]["meta"], list)
+    assert [m["forced_foreground"] for m in e0[1]["meta"]] == [False, False, True]
+    assert not torch.equal(e0[0]["image"], e1[0]["image"])
 
 
 def test_outside_label_and_masked_channels():
