@@ -170,3 +170,18 @@ def test_bad_configuration_is_refused():
         NnUNetAugmentation(2, mirror_axes=(2,))
     with pytest.raises(ValueError, match="spatial axes"):
         NnUNetAugmentation(3)({"image": torch.zeros(1, 4, 4), "mask": torch.zeros(4, 4, dtype=torch.long)})
+
+
+def test_low_resolution_spares_axis_0_in_dummy_2d():
+    """Slices constant in-plane, varying along axis 0: in dummy-2D mode the low-res simulation works in-plane only
+    and leaves them as they are; in 3D mode it resamples axis 0 too."""
+    x = torch.arange(8, dtype=torch.float32).view(1, 8, 1, 1).expand(2, 8, 32, 32).contiguous()
+    mask = torch.zeros(8, 32, 32, dtype=torch.long)
+    lowres = {**OFF, "p_lowres": 1.0, "p_lowres_per_channel": 1.0}
+    dummy = NnUNetAugmentation(3, (8, 32, 32), **lowres)
+    full = NnUNetAugmentation(3, (8, 32, 32), **lowres, dummy_2d=False)
+    changed = 0
+    for seed in range(5):
+        assert torch.allclose(dummy({"image": x, "mask": mask}, np.random.default_rng(seed))["image"], x, atol=1e-5)
+        changed += not torch.allclose(full({"image": x, "mask": mask}, np.random.default_rng(seed))["image"], x)
+    assert changed >= 3

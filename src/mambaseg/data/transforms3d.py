@@ -19,8 +19,8 @@ Gaussian blur               p 0.2; each channel with p 0.5; sigma U(0.5, 1) per 
                             "mirror")``).
 brightness                  p 0.15, per channel ``x * f``.
 contrast                    p 0.15, per channel ``(x - mean) * f + mean`` clipped to the channel's old [min, max].
-low resolution              p 0.25; each channel with p 0.5; one zoom U(0.5, 1) for all axes (not axis 0 in dummy
-                            2D): nearest-exact down, (bi/tri)linear up.
+low resolution              p 0.25; each channel with p 0.5 and its own zoom U(0.5, 1), the same for all axes (not
+                            axis 0 in dummy 2D): nearest-exact down, (bi/tri)linear up.
 gamma, inverted             p 0.1, per channel, on ``-x``; then gamma p 0.3 on ``x``: ``((x - min) / range) ** g *
                             range + min``, mean and std restored afterwards.
 mirroring                   every axis with p 0.5 (exact flips of image and label).
@@ -354,11 +354,10 @@ class NnUNetAugmentation:
             for ch in range(c):
                 image[ch] = contrast_transform(image[ch], bg_contrast(rng, *self.contrast))
         if rng.random() < self.p_lowres:
-            zoom = float(rng.uniform(*self.lowres_zoom))
-            zooms = [1.0 if (dummy and ax == 0) else zoom for ax in range(n)]
             for ch in range(c):
                 if rng.random() < self.p_lowres_per_channel:
-                    image[ch] = _simulate_lowres(image[ch], zooms)
+                    zoom = float(rng.uniform(*self.lowres_zoom))  # per channel, the same for every axis
+                    image[ch] = _simulate_lowres(image[ch], [1.0 if (dummy and ax == 0) else zoom for ax in range(n)])
         if rng.random() < self.p_gamma_inverted:
             for ch in range(c):
                 image[ch] = gamma_transform(image[ch], bg_contrast(rng, *self.gamma), invert=True)
