@@ -26,9 +26,9 @@ hemisphere beside the ventricles.
 
 How hard: a per-voxel Gaussian classifier of the 4 channel values (:func:`voxel_baseline`: one full-covariance
 Gaussian per class, fitted on 8 training cases at 48³, Dice over 4 test cases, seed 0) gets NCR 0.40, ED 0.81, ET 0.87,
-WT 0.76, TC 0.66 (``python -m mambaseg.data.synthetic3d``); a network must use shape and context to do better. A
-small 3D U-Net trained for only 300 steps of batch 2 on 32³ patches from 16 cases (:func:`unet_baseline`, ~1 CPU-minute;
-``python -m mambaseg.data.synthetic3d --unet``) already gets NCR 0.81, ED 0.66, ET 0.92, WT 0.75, TC 0.91 on the whole
+WT 0.76, TC 0.66 (``python -m mambaseg.data.synthetic3d``); a network must use shape and context to do better.
+A small 3D U-Net trained for only 300 steps of batch 2 on 32³ patches from 16 cases (:func:`unet_baseline`, ~1
+CPU-minute; ``python -m mambaseg.data.synthetic3d --unet``) already gets NCR 0.81, ED 0.66, ET 0.92, WT 0.75, TC 0.91 on the whole
 test volumes (necrosis and core from context; oedema still below the voxel classifier at that length of training).
 
 Geometry: the field of view is ``size`` mm along every axis; the voxel spacing is ``spacing`` (mm, default 1 mm
