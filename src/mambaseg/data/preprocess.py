@@ -306,8 +306,13 @@ def plan_preprocessing(cases: Sequence[Tuple[np.ndarray, np.ndarray, Sequence[fl
         umn = [bool(use_mask_for_norm) and s == "zscore" for s in normalization]
     else:
         umn = [bool(u) for u in use_mask_for_norm]
-    props = [(_foreground_stats(np.concatenate(fg[c]) if fg[c] else np.zeros(0, np.float32))
-              if normalization[c] == "CT" else None) for c in range(n_ch)]
+    for c in range(n_ch):
+        if normalization[c] == "CT" and sum(v.size for v in fg[c]) == 0:
+            raise DataError(f"channel {c} is CT but the training cases have no foreground voxel (label > 0) to take "
+                            "its intensity statistics from; plan from labelled training cases or pass the plan of "
+                            "the training run (plan=...)")
+    props = [(_foreground_stats(np.concatenate(fg[c])) if normalization[c] == "CT" else None)
+             for c in range(n_ch)]
     ts = (tuple(float(s) for s in target_spacing) if target_spacing is not None
           else compute_target_spacing(spacings, shapes))
     return PreprocessPlan(ts, list(normalization), umn, props, image_order, label_order,
