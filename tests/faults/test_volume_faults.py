@@ -157,7 +157,8 @@ def test_patch_larger_than_every_volume_is_said_once_not_a_problem(tmp_path):
     root = brats2020(tmp_path / "b", n=3)
     _, rep = _check(root, patch_size=(16, 16, 16))
     assert rep.problems == [] and len(rep.notes) == 1
-    assert "the patch (16, 16, 16) is larger than every volume (largest (12, 10, 8)); volumes are padded" in rep.notes[0]
+    assert ("the patch (16, 16, 16) is larger than every volume (largest (12, 10, 8)); volumes are padded"
+            in rep.notes[0])
     _, small = _check(root, patch_size=(8, 8, 8))
     assert small.notes == []
 

@@ -376,7 +376,6 @@ def check_volume_case(case, vs, full: bool = False):
     """Check one case of a :class:`~mambaseg.data.volumes.VolumeSet` without raising: every channel file
     (readable, complete, 3-D, spacing, NaN/inf in full mode), channels on one grid, the label (readable, on the
     image's grid, values in the data set's labels). Returns ``(problems, shape, spacing, classes, files)``."""
-    from .base import nonfinite_summary
     from .nifti import NiftiVolume, read_nifti_volume
     from .volumes import four_d_message, geometry_mismatch, label_to_index, two_d_message
 

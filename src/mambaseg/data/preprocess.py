@@ -33,14 +33,11 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-
 from .base import DataError
 
 __all__ = ["PreprocessPlan", "crop_to_nonzero", "nonzero_mask", "compute_target_spacing", "compute_new_shape",

@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .base import DataError, MissingDataError, require_dir, strip_ext, unique_values
 from .nifti import NIFTI_EXTENSIONS, NiftiVolume, read_nifti_volume
 
-__all__ = ["VolumeCase", "VolumeSet", "read_volume_set", "volume_set_from_files", "read_nnunet_volumes", "read_msd", "read_brats",
+__all__ = ["VolumeCase", "VolumeSet", "read_volume_set", "volume_set_from_files", "read_nnunet_volumes", "read_msd",
+           "read_brats",
            "read_case_folders", "read_image_label_folders", "select_cases", "load_case", "geometry_mismatch",
            "BRATS_2020", "BRATS_2023", "VOLUME_LAYOUTS"]
 
@@ -119,7 +119,7 @@ def _nnunet_labels(dj: dict, where: Path):
     labels = dj["labels"]
     if "ignore" in labels:
         raise DataError(f"{where}: the nnU-Net 'ignore' label is not supported; remove it from 'labels'")
-    vals, regions_raw, names = set(), [], []
+    vals, regions_raw = set(), []
     for name, v in labels.items():
         vs = [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
         vals.update(vs)
