@@ -225,7 +225,7 @@ def test_the_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monkeyp
     a = [first[i] for i in range(3)]
     assert calls == {"plan": 1, "case": 3}
     files = sorted(p for p in cache.rglob("*") if p.is_file())
-    assert len(files) == 4 and not any(p.name.endswith(".tmp") for p in files)  # plan.json + 3 cases, no leftovers
+    assert len(files) == 1 + 3 * 3 and not any(p.name.endswith(".tmp") for p in files)  # plan + 3 cases x 3 files
     mtimes = {p: p.stat().st_mtime_ns for p in files}
     second = VolumetricDataset(root, "all", cache_dir=cache)   # a second run
     b = [second[i] for i in range(3)]
@@ -254,3 +254,14 @@ def test_preprocess_false_gives_the_raw_volumes(tmp_path):
     np.testing.assert_array_equal(s["image"].numpy(), image)
     np.testing.assert_array_equal(s["mask"].numpy(), label)
     assert s["meta"]["crop_bbox"] == [[0, 12], [0, 10], [0, 8]]
+
+
+def test_cached_cases_can_be_memory_mapped(tmp_path):
+    root = brats2020(tmp_path / "b", n=2)
+    ds = VolumetricDataset(root, "all", cache_dir=tmp_path / "cache")
+    img, lab, meta = ds.load(1)
+    mimg, mlab, mmeta = VolumetricDataset(root, "all", cache_dir=tmp_path / "cache").load(1, mmap=True)
+    assert isinstance(mimg, np.memmap) and isinstance(mlab, np.memmap) and not mimg.flags.writeable
+    np.testing.assert_array_equal(np.asarray(mimg), img)
+    np.testing.assert_array_equal(np.asarray(mlab, np.int64), lab)
+    assert lab.dtype == np.int64 and mmeta == meta

@@ -280,8 +280,8 @@ def plan_preprocessing(cases: Sequence[Tuple[np.ndarray, np.ndarray, Sequence[fl
     n = max(len(cases), 1)
     per_case = max(int(foreground_samples // n), 1)
     fg: List[List[np.ndarray]] = [[] for _ in range(n_ch)]
-    rs = np.random.RandomState(1234)
     for image, label, spacing in cases:
+        rs = np.random.RandomState(1234)  # nnU-Net seeds every case's draw alike
         if image.shape[0] != n_ch:
             raise DataError(f"a training case has {image.shape[0]} channel(s), the plan {n_ch}")
         cropped, seg, bbox, _ = crop_to_nonzero(image, label)
@@ -421,7 +421,7 @@ def _digest(obj: Any) -> str:
 
 class PreprocessCache:
     """Preprocessed cases and the plan on disk: ``<folder>/<key>/plan.json`` and
-    ``<folder>/<key>/<case>-<case key>.npz``; ``key`` is a fingerprint of the training files (paths, sizes,
+    ``<folder>/<key>/<case>-<case key>/{image.npy, label.npy, props.json}``; ``key`` is a fingerprint of the training files (paths, sizes,
     mtimes) and the settings, a case key that of the case's own files. Written durably (temp + fsync + rename).
     ``computed`` counts the cases preprocessed (not read from the cache) by this object."""
 
@@ -444,23 +444,30 @@ class PreprocessCache:
         return plan
 
     def case_path(self, case_id: str, files: Sequence[Path]) -> Path:
+        """The case's folder: ``image.npy``, ``label.npy`` and ``props.json`` (written last: it marks the case
+        complete)."""
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case_id)
-        return self.folder / f"{safe}-{_digest(file_fingerprint(files))[:12]}.npz"
+        return self.folder / f"{safe}-{_digest(file_fingerprint(files))[:12]}"
 
-    def case(self, case_id: str, files: Sequence[Path], make: Callable):
-        """``(image, label, props)`` from the cache, else ``make()`` written to it."""
-        p = self.case_path(case_id, files)
-        if p.is_file():
+    def case(self, case_id: str, files: Sequence[Path], make: Callable, mmap: bool = False):
+        """``(image, label, props)`` from the cache, else ``make()`` written to it. With ``mmap`` the image and
+        label read from the cache are read-only memory maps (patch sampling reads only the patch)."""
+        d = self.case_path(case_id, files)
+        if (d / "props.json").is_file():
             try:
-                with np.load(p, allow_pickle=False) as z:
-                    return z["image"], z["label"].astype(np.int64), json.loads(str(z["props"]))
-            except (OSError, ValueError, KeyError):
-                pass
+                mode = "r" if mmap else None
+                image = np.load(d / "image.npy", mmap_mode=mode, allow_pickle=False)
+                label = np.load(d / "label.npy", mmap_mode=mode, allow_pickle=False)
+                return image, label, json.loads((d / "props.json").read_text())
+            except (OSError, ValueError):
+                pass  # unreadable: recompute and overwrite
         image, label, props = make()
         props = json.loads(json.dumps(props))
         self.computed += 1
-        buf = io.BytesIO()
         lab = label.astype(np.int8 if label.min(initial=0) >= -128 and label.max(initial=0) < 128 else np.int32)
-        np.savez(buf, image=image.astype(np.float32), label=lab, props=np.array(json.dumps(props)))
-        _atomic_write_bytes(p, buf.getvalue())
+        for name, arr in (("image.npy", image.astype(np.float32, copy=False)), ("label.npy", lab)):
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            _atomic_write_bytes(d / name, buf.getvalue())
+        _atomic_write_bytes(d / "props.json", json.dumps(props).encode())
         return image, label, props
