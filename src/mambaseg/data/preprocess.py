@@ -35,7 +35,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from .base import DataError
@@ -267,17 +267,20 @@ def _foreground_stats(samples: np.ndarray) -> Dict[str, float]:
             "percentile_99_5": float(np.percentile(samples, 99.5))}
 
 
-def plan_preprocessing(cases: Sequence[Tuple[np.ndarray, np.ndarray, Sequence[float]]], normalization: Sequence[str],
-                       target_spacing: Optional[Sequence[float]] = None, use_mask_for_norm=None,
-                       label_order: int = 1, image_order: int = 3,
-                       foreground_samples: int = FOREGROUND_SAMPLES) -> PreprocessPlan:
+def plan_preprocessing(cases: Iterable[Tuple[np.ndarray, np.ndarray, Sequence[float]]],
+                       normalization: Sequence[str], target_spacing: Optional[Sequence[float]] = None,
+                       use_mask_for_norm=None, label_order: int = 1, image_order: int = 3,
+                       foreground_samples: int = FOREGROUND_SAMPLES, n_cases: Optional[int] = None) -> PreprocessPlan:
     """The plan from the training cases, given as an iterable of ``(image (C, I, J, K), label (I, J, K) class
-    indices, spacing)`` (nnU-Net's dataset fingerprint: spacings, shapes after cropping, relative size after
-    cropping, the foreground intensities of CT channels)."""
+    indices, spacing)`` read one at a time (nnU-Net's dataset fingerprint: spacings, shapes after cropping,
+    relative size after cropping, the foreground intensities of CT channels). ``n_cases``: the number of cases
+    when ``cases`` is a generator (each case's share of the foreground sample budget)."""
     spacings, shapes, rel = [], [], []
     n_ch = len(normalization)
-    cases = list(cases) if not isinstance(cases, list) else cases
-    n = max(len(cases), 1)
+    if n_cases is None:
+        cases = list(cases)
+        n_cases = len(cases)
+    n = max(int(n_cases), 1)
     per_case = max(int(foreground_samples // n), 1)
     fg: List[List[np.ndarray]] = [[] for _ in range(n_ch)]
     for image, label, spacing in cases:

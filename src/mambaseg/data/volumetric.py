@@ -112,8 +112,8 @@ class VolumetricDataset(Dataset):
                     label = np.zeros(image.shape[1:], np.int64)
                 yield image, label, meta["spacing"]
 
-        return plan_preprocessing(list(gen()), st["normalization"], st["target_spacing"], st["use_mask_for_norm"],
-                                  st["label_order"])
+        return plan_preprocessing(gen(), st["normalization"], st["target_spacing"], st["use_mask_for_norm"],
+                                  st["label_order"], n_cases=len(cases))
 
     def raw_case(self, index: int):
         """The case as stored: ``(image (C, I, J, K), label (I, J, K) class indices or None, meta)``."""
