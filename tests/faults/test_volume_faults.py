@@ -233,3 +233,16 @@ def test_check_summary_lists_splits_with_shapes_spacings_classes(tmp_path):
     assert len(rep.problems) == 1 and case in rep.problems[0]
     assert sum(s.samples for s in rep.splits) == 5
     assert SPACING[2] == 3.0
+
+
+def test_nnunet_without_labels_folder_and_brats_folder_without_seg(tmp_path):
+    import shutil
+
+    root = nnunet_raw(tmp_path / "nn", n=3)
+    shutil.rmtree(root / "labelsTr")
+    _, rep = _check(root)
+    assert len(rep.problems) == 1 and "has no labelsTr/ folder" in rep.problems[0]
+    b = brats2020(tmp_path / "b", n=3, unlabelled=1)
+    _, rep = _check(b)
+    assert rep.problems == [] and rep.notes == ["1 case folder(s) have no 'seg' label file and are used as "
+                                                "unlabelled (test) cases: ['BraTS20_Training_004']"]

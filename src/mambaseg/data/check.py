@@ -443,6 +443,7 @@ def check_volumetric(ds, mode: str = "header", split: str = "") -> SplitReport:
     rep = SplitReport(split, kind=f"{type(ds).__name__} ({vs.layout})")
     if not split or split.split(" ")[0] in ("train", "all"):
         rep.problems += list(vs.problems)
+    rep.notes += list(getattr(vs, "notes", []))
     with ThreadPoolExecutor(_workers()) as pool:
         results = list(pool.map(lambda c: check_volume_case(c, vs, full), ds.cases))
     for probs, shape, spacing, classes, nfiles in results:

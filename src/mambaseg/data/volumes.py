@@ -79,6 +79,7 @@ class VolumeSet:
     problems: List[str] = field(default_factory=list)
     splits_file: Optional[Path] = None
     labels_declared: bool = True
+    notes: List[str] = field(default_factory=list)          # said once by the check, not problems
 
     @property
     def num_classes(self) -> int:
@@ -209,6 +210,8 @@ def read_nnunet_volumes(root) -> VolumeSet:
     train = _nnunet_folder(r, "imagesTr", ending, len(names), "labelsTr", problems)
     if not (r / "imagesTr").is_dir():
         raise MissingDataError(f"{r} has no imagesTr/ folder; expected layout:\n{VOLUME_LAYOUTS}")
+    if not (r / "labelsTr").is_dir():
+        problems.append(f"{r} has no labelsTr/ folder (the labels of imagesTr); expected layout:\n{VOLUME_LAYOUTS}")
     test = _nnunet_folder(r, "imagesTs", ending, len(names), "labelsTs", problems)
     n = dj.get("numTraining")
     if n is not None and int(n) != len(train):
@@ -353,9 +356,18 @@ def read_brats(root) -> VolumeSet:
     train = [c for c in cases if c.label is not None]
     test = [c for c in cases if c.label is None]
     name = "brats2023" if conv is BRATS_2023 else "brats2020"
-    return VolumeSet(r, name, list(conv["channels"]), list(conv["values"]), list(conv["class_names"]), train, test,
-                     [list(x) for x in BRATS_REGIONS], list(BRATS_REGION_NAMES), list(BRATS_REGIONS_CLASS_ORDER),
-                     ["zscore"] * 4)
+    vs = VolumeSet(r, name, list(conv["channels"]), list(conv["values"]), list(conv["class_names"]), train, test,
+                   [list(x) for x in BRATS_REGIONS], list(BRATS_REGION_NAMES), list(BRATS_REGIONS_CLASS_ORDER),
+                   ["zscore"] * 4)
+    vs.notes += _unlabelled_note(train, test, conv["label"])
+    return vs
+
+
+def _unlabelled_note(train, test, label) -> List[str]:
+    if train and test:
+        return [f"{len(test)} case folder(s) have no {label!r} label file and are used as unlabelled (test) cases: "
+                f"{[c.case_id for c in test][:5]}"]
+    return []
 
 
 def _labels_arg(labels, where) -> Tuple[Optional[List[int]], Optional[List[str]]]:
@@ -404,7 +416,8 @@ def read_case_folders(root, channels: Sequence[str], label: Optional[str] = None
         names = ["background"] + [f"label {v}" for v in values[1:]]
     ch_names = [c.strip("*?[]._-") or c for c in channels]
     return VolumeSet(r, "folders", ch_names, values, names, train, test,
-                     normalization=_norm_arg(normalization, len(channels)), labels_declared=declared)
+                     normalization=_norm_arg(normalization, len(channels)), labels_declared=declared,
+                     notes=_unlabelled_note(train, test, label) if label else [])
 
 
 def _norm_arg(normalization, n: int) -> List[str]:
