@@ -57,8 +57,8 @@ def case_image(k: int, ch: int, shape=SHAPE, border: int = 2) -> np.ndarray:
     img = np.zeros(shape, np.float32)
     inner = tuple(slice(border, s - border) for s in shape)
     img[inner] = rng.uniform(50, 150, [s - 2 * border for s in shape]).astype(np.float32) + 20 * ch
+    img[border:border + 2, border:border + 2, :] = 0   # a zero corner inside the box: outside the nonzero mask
     img += 40.0 * (case_label(k, shape) > 0)
-    img[img == 0] = 0
     return img
 
 

@@ -149,3 +149,32 @@ def test_registry_builds_the_3d_data_set(tmp_path):
     assert ds.spatial_dims == 3 and len(ds) == 3 and ds.in_channels == 2
     assert build_dataset("brats", str(brats2020(tmp_path / "b", n=2)), split="all").regions == [[1, 2, 3], [1, 3], [3]]
     json.loads((root / "dataset.json").read_text())
+
+
+def test_single_files_and_an_unlabelled_folder_for_prediction(tmp_path):
+    from mambaseg.data.volumes import volume_set_from_files
+    from mambaseg.data.volumetric import VolumetricDataset
+
+    train = VolumetricDataset(msd(tmp_path / "msd", n=3, n_test=1), "all")
+    new = tmp_path / "msd" / "imagesTs" / "BRATS_004.nii.gz"
+    one = VolumetricDataset(volume_set=volume_set_from_files(new, like=train.volume_set), split="test",
+                            plan=train.plan.to_dict())
+    s = one[0]
+    assert s["image"].shape[0] == 4 and not s["meta"]["has_label"] and s["meta"]["original_shape"] == (12, 10, 8)
+    assert one.plan.target_spacing == train.plan.target_spacing
+    flat = tmp_path / "flat"
+    for k in range(2):
+        write_nii(flat / f"scan{k}.nii.gz", case_image(k, 0), affine_for(seed=k))
+    vs = read_volume_set(flat)
+    assert [c.case_id for c in select_cases(vs, "test")] == ["scan0", "scan1"] and vs.train == []
+
+
+def test_ct_without_training_foreground_asks_for_the_training_plan(tmp_path):
+    from mambaseg.data.base import DataError
+    from mambaseg.data.volumetric import VolumetricDataset
+
+    flat = tmp_path / "flat"
+    write_nii(flat / "ct0.nii.gz", case_image(0, 0), affine_for())
+    ds = VolumetricDataset(flat, "test", normalization="CT")
+    with pytest.raises(DataError, match="pass the plan of the training run"):
+        ds[0]

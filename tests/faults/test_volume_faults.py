@@ -157,7 +157,8 @@ def test_patch_larger_than_every_volume_is_said_once_not_a_problem(tmp_path):
     root = brats2020(tmp_path / "b", n=3)
     _, rep = _check(root, patch_size=(16, 16, 16))
     assert rep.problems == [] and len(rep.notes) == 1
-    assert "the patch (16, 16, 16) is larger than every volume (largest (12, 10, 8)); volumes are padded" in rep.notes[0]
+    assert ("the patch (16, 16, 16) is larger than every volume (largest (12, 10, 8)); volumes are padded"
+            in rep.notes[0])
     _, small = _check(root, patch_size=(8, 8, 8))
     assert small.notes == []
 
@@ -232,3 +233,16 @@ def test_check_summary_lists_splits_with_shapes_spacings_classes(tmp_path):
     assert len(rep.problems) == 1 and case in rep.problems[0]
     assert sum(s.samples for s in rep.splits) == 5
     assert SPACING[2] == 3.0
+
+
+def test_nnunet_without_labels_folder_and_brats_folder_without_seg(tmp_path):
+    import shutil
+
+    root = nnunet_raw(tmp_path / "nn", n=3)
+    shutil.rmtree(root / "labelsTr")
+    _, rep = _check(root)
+    assert len(rep.problems) == 1 and "has no labelsTr/ folder" in rep.problems[0]
+    b = brats2020(tmp_path / "b", n=3, unlabelled=1)
+    _, rep = _check(b)
+    assert rep.problems == [] and rep.notes == ["1 case folder(s) have no 'seg' label file and are used as "
+                                                "unlabelled (test) cases: ['BraTS20_Training_004']"]

@@ -376,7 +376,6 @@ def check_volume_case(case, vs, full: bool = False):
     """Check one case of a :class:`~mambaseg.data.volumes.VolumeSet` without raising: every channel file
     (readable, complete, 3-D, spacing, NaN/inf in full mode), channels on one grid, the label (readable, on the
     image's grid, values in the data set's labels). Returns ``(problems, shape, spacing, classes, files)``."""
-    from .base import nonfinite_summary
     from .nifti import NiftiVolume, read_nifti_volume
     from .volumes import four_d_message, geometry_mismatch, label_to_index, two_d_message
 
@@ -444,6 +443,7 @@ def check_volumetric(ds, mode: str = "header", split: str = "") -> SplitReport:
     rep = SplitReport(split, kind=f"{type(ds).__name__} ({vs.layout})")
     if not split or split.split(" ")[0] in ("train", "all"):
         rep.problems += list(vs.problems)
+    rep.notes += list(getattr(vs, "notes", []))
     with ThreadPoolExecutor(_workers()) as pool:
         results = list(pool.map(lambda c: check_volume_case(c, vs, full), ds.cases))
     for probs, shape, spacing, classes, nfiles in results:

@@ -38,11 +38,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .base import collate_samples
 from .transforms3d import NnUNetAugmentation, extract_patch
 
-__all__ = ["PatchDataset", "PatchSampler", "class_locations", "patch_origin_range", "forced_positions"]
+__all__ = ["PatchDataset", "PatchSampler", "patch_loader", "class_locations", "patch_origin_range",
+           "forced_positions"]
 
 LOCATIONS_PER_CLASS = 10_000
 MIN_PERCENT_COVERAGE = 0.01
@@ -185,10 +187,12 @@ class PatchDataset(Dataset):
         sampler=ds.sampler(), collate_fn=collate_samples)``)."""
         return PatchSampler(self.samples_per_epoch, start_epoch)
 
-    def is_forced(self, index: int, rng: Optional[np.random.Generator] = None) -> bool:
-        """Whether sample ``index`` must be centred on foreground (deterministic rule unless probabilistic)."""
+    def is_forced(self, index: int) -> bool:
+        """Whether sample ``index`` must be centred on foreground: nnU-Net's batch-position rule, or with
+        ``probabilistic_oversampling`` a coin of probability ``oversample_foreground`` from the index's own seed."""
         if self.probabilistic_oversampling:
-            return bool(rng.random() < self.oversample_foreground)
+            coin = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, int(index), 1])).random()
+            return bool(coin < self.oversample_foreground)
         j = (int(index) % self.samples_per_epoch) % self.batch_size
         return j >= round(self.batch_size * (1 - self.oversample_foreground))
 
@@ -239,7 +243,7 @@ class PatchDataset(Dataset):
                           f"{self.patch_size}: padded (image 0, label -1 -> {self.outside_label}); said once",
                           UserWarning, stacklevel=2)
         lo, hi = patch_origin_range(shape, self.patch_size)
-        forced = self.is_forced(index, rng)
+        forced = self.is_forced(index)
         fg_class = -1
         origin = None
         if forced:
@@ -277,3 +281,16 @@ class PatchDataset(Dataset):
         return (f"PatchDataset({type(self.dataset).__name__} x{len(self.dataset)}, patch_size={self.patch_size}, "
                 f"batch_size={self.batch_size}, oversample_foreground={self.oversample_foreground}, "
                 f"samples_per_epoch={self.samples_per_epoch}, augmentation={self.augmentation!r})")
+
+
+def patch_loader(dataset: PatchDataset, num_workers: int = 0, pin_memory: bool = False,
+                 persistent_workers: Optional[bool] = None, **kwargs) -> DataLoader:
+    """The DataLoader a :class:`PatchDataset` is meant for: its ``batch_size``, its endless-epoch
+    :meth:`~PatchDataset.sampler` (fresh patches every epoch, also with persistent workers), ``drop_last`` (so batch
+    positions, hence the forced-foreground rule, line up), :func:`~mambaseg.data.base.collate_samples` (``meta`` as a
+    list of dicts). ``persistent_workers`` defaults to ``num_workers > 0``; other ``kwargs`` go to the DataLoader."""
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
+    return DataLoader(dataset, batch_size=dataset.batch_size, sampler=dataset.sampler(), drop_last=True,
+                      collate_fn=collate_samples, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=persistent_workers, **kwargs)

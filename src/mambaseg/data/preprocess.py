@@ -33,14 +33,11 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-
 from .base import DataError
 
 __all__ = ["PreprocessPlan", "crop_to_nonzero", "nonzero_mask", "compute_target_spacing", "compute_new_shape",
@@ -270,21 +267,24 @@ def _foreground_stats(samples: np.ndarray) -> Dict[str, float]:
             "percentile_99_5": float(np.percentile(samples, 99.5))}
 
 
-def plan_preprocessing(cases: Sequence[Tuple[np.ndarray, np.ndarray, Sequence[float]]], normalization: Sequence[str],
-                       target_spacing: Optional[Sequence[float]] = None, use_mask_for_norm=None,
-                       label_order: int = 1, image_order: int = 3,
-                       foreground_samples: int = FOREGROUND_SAMPLES) -> PreprocessPlan:
+def plan_preprocessing(cases: Iterable[Tuple[np.ndarray, np.ndarray, Sequence[float]]],
+                       normalization: Sequence[str], target_spacing: Optional[Sequence[float]] = None,
+                       use_mask_for_norm=None, label_order: int = 1, image_order: int = 3,
+                       foreground_samples: int = FOREGROUND_SAMPLES, n_cases: Optional[int] = None) -> PreprocessPlan:
     """The plan from the training cases, given as an iterable of ``(image (C, I, J, K), label (I, J, K) class
-    indices, spacing)`` (nnU-Net's dataset fingerprint: spacings, shapes after cropping, relative size after
-    cropping, the foreground intensities of CT channels)."""
+    indices, spacing)`` read one at a time (nnU-Net's dataset fingerprint: spacings, shapes after cropping,
+    relative size after cropping, the foreground intensities of CT channels). ``n_cases``: the number of cases
+    when ``cases`` is a generator (each case's share of the foreground sample budget)."""
     spacings, shapes, rel = [], [], []
     n_ch = len(normalization)
-    cases = list(cases) if not isinstance(cases, list) else cases
-    n = max(len(cases), 1)
+    if n_cases is None:
+        cases = list(cases)
+        n_cases = len(cases)
+    n = max(int(n_cases), 1)
     per_case = max(int(foreground_samples // n), 1)
     fg: List[List[np.ndarray]] = [[] for _ in range(n_ch)]
-    rs = np.random.RandomState(1234)
     for image, label, spacing in cases:
+        rs = np.random.RandomState(1234)  # nnU-Net seeds every case's draw alike
         if image.shape[0] != n_ch:
             raise DataError(f"a training case has {image.shape[0]} channel(s), the plan {n_ch}")
         cropped, seg, bbox, _ = crop_to_nonzero(image, label)
@@ -306,8 +306,13 @@ def plan_preprocessing(cases: Sequence[Tuple[np.ndarray, np.ndarray, Sequence[fl
         umn = [bool(use_mask_for_norm) and s == "zscore" for s in normalization]
     else:
         umn = [bool(u) for u in use_mask_for_norm]
-    props = [(_foreground_stats(np.concatenate(fg[c]) if fg[c] else np.zeros(0, np.float32))
-              if normalization[c] == "CT" else None) for c in range(n_ch)]
+    for c in range(n_ch):
+        if normalization[c] == "CT" and sum(v.size for v in fg[c]) == 0:
+            raise DataError(f"channel {c} is CT but the training cases have no foreground voxel (label > 0) to take "
+                            "its intensity statistics from; plan from labelled training cases or pass the plan of "
+                            "the training run (plan=...)")
+    props = [(_foreground_stats(np.concatenate(fg[c])) if normalization[c] == "CT" else None)
+             for c in range(n_ch)]
     ts = (tuple(float(s) for s in target_spacing) if target_spacing is not None
           else compute_target_spacing(spacings, shapes))
     return PreprocessPlan(ts, list(normalization), umn, props, image_order, label_order,
@@ -419,7 +424,7 @@ def _digest(obj: Any) -> str:
 
 class PreprocessCache:
     """Preprocessed cases and the plan on disk: ``<folder>/<key>/plan.json`` and
-    ``<folder>/<key>/<case>-<case key>.npz``; ``key`` is a fingerprint of the training files (paths, sizes,
+    ``<folder>/<key>/<case>-<case key>/{image.npy, label.npy, props.json}``; ``key`` is a fingerprint of the training files (paths, sizes,
     mtimes) and the settings, a case key that of the case's own files. Written durably (temp + fsync + rename).
     ``computed`` counts the cases preprocessed (not read from the cache) by this object."""
 
@@ -442,23 +447,30 @@ class PreprocessCache:
         return plan
 
     def case_path(self, case_id: str, files: Sequence[Path]) -> Path:
+        """The case's folder: ``image.npy``, ``label.npy`` and ``props.json`` (written last: it marks the case
+        complete)."""
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case_id)
-        return self.folder / f"{safe}-{_digest(file_fingerprint(files))[:12]}.npz"
+        return self.folder / f"{safe}-{_digest(file_fingerprint(files))[:12]}"
 
-    def case(self, case_id: str, files: Sequence[Path], make: Callable):
-        """``(image, label, props)`` from the cache, else ``make()`` written to it."""
-        p = self.case_path(case_id, files)
-        if p.is_file():
+    def case(self, case_id: str, files: Sequence[Path], make: Callable, mmap: bool = False):
+        """``(image, label, props)`` from the cache, else ``make()`` written to it. With ``mmap`` the image and
+        label read from the cache are read-only memory maps (patch sampling reads only the patch)."""
+        d = self.case_path(case_id, files)
+        if (d / "props.json").is_file():
             try:
-                with np.load(p, allow_pickle=False) as z:
-                    return z["image"], z["label"].astype(np.int64), json.loads(str(z["props"]))
-            except (OSError, ValueError, KeyError):
-                pass
+                mode = "r" if mmap else None
+                image = np.load(d / "image.npy", mmap_mode=mode, allow_pickle=False)
+                label = np.load(d / "label.npy", mmap_mode=mode, allow_pickle=False)
+                return image, label, json.loads((d / "props.json").read_text())
+            except (OSError, ValueError):
+                pass  # unreadable: recompute and overwrite
         image, label, props = make()
         props = json.loads(json.dumps(props))
         self.computed += 1
-        buf = io.BytesIO()
         lab = label.astype(np.int8 if label.min(initial=0) >= -128 and label.max(initial=0) < 128 else np.int32)
-        np.savez(buf, image=image.astype(np.float32), label=lab, props=np.array(json.dumps(props)))
-        _atomic_write_bytes(p, buf.getvalue())
+        for name, arr in (("image.npy", image.astype(np.float32, copy=False)), ("label.npy", lab)):
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            _atomic_write_bytes(d / name, buf.getvalue())
+        _atomic_write_bytes(d / "props.json", json.dumps(props).encode())
         return image, label, props

@@ -19,15 +19,16 @@ Gaussian blur               p 0.2; each channel with p 0.5; sigma U(0.5, 1) per 
                             "mirror")``).
 brightness                  p 0.15, per channel ``x * f``.
 contrast                    p 0.15, per channel ``(x - mean) * f + mean`` clipped to the channel's old [min, max].
-low resolution              p 0.25; each channel with p 0.5; one zoom U(0.5, 1) for all axes (not axis 0 in dummy
-                            2D): nearest-exact down, (bi/tri)linear up.
+low resolution              p 0.25; each channel with p 0.5 and its own zoom U(0.5, 1), the same for all axes (not
+                            axis 0 in dummy 2D): nearest-exact down, (bi/tri)linear up.
 gamma, inverted             p 0.1, per channel, on ``-x``; then gamma p 0.3 on ``x``: ``((x - min) / range) ** g *
                             range + min``, mean and std restored afterwards.
 mirroring                   every axis with p 0.5 (exact flips of image and label).
 ==========================  =========================================================================================
 
 Brightness, contrast and gamma factors are drawn as batchgenerators' ``BGContrast``: with probability 1/2 from
-U(lo, 1), otherwise from U(1, hi) (so half the draws darken/flatten, half brighten/steepen; a plain U(lo, hi) would not).
+U(lo, 1), otherwise from U(1, hi) (half the draws darken/flatten, half brighten/steepen; a plain U(lo, hi) would
+not).
 The label is only moved by the spatial step and the flips; -1 passes through (the patch sampler maps it, see
 :mod:`mambaseg.data.patches`).
 
@@ -113,8 +114,8 @@ def crop_pad(array: torch.Tensor, lo: Sequence[int], hi: Sequence[int], value=0)
 def extract_patch(image: torch.Tensor, mask: Optional[torch.Tensor], origin: Sequence[int],
                   patch_size: Sequence[int], matrix: Optional[np.ndarray] = None,
                   label_pad: int = -1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The patch of ``patch_size`` whose corner is ``origin`` (may lie outside the volume: padded with 0 / ``label_pad``),
-    optionally rotated/scaled by ``matrix`` (N x N, voxel space) about the patch centre.
+    """The patch of ``patch_size`` whose corner is ``origin`` (may lie outside the volume: padded with 0 /
+    ``label_pad``), optionally rotated/scaled by ``matrix`` (N x N, voxel space) about the patch centre.
 
     With ``matrix`` the output voxel ``o`` takes the input at ``c + matrix @ (o - (P - 1) / 2)`` with ``c = origin +
     (P - 1) / 2``: image linear (0 outside), label nearest (``label_pad`` outside). Only the input box the rotated
@@ -162,23 +163,26 @@ def extract_patch(image: torch.Tensor, mask: Optional[torch.Tensor], origin: Seq
 # ----------------------------------------------------------------------------------------------------------------
 def gaussian_blur(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     """Separable Gaussian blur of one channel ``x`` (spatial axes only), sigma per axis in voxels, kernel radius
-    ``int(4 sigma + 0.5)``, mirrored borders (scipy's ``mode="mirror"``; replicate where an axis is too short)."""
-    n = x.dim()
+    ``int(4 sigma + 0.5)``, mirrored borders (scipy's ``mode="mirror"``; edge values where an axis is too short).
+    Each axis is a weighted sum of shifted views (faster on the CPU than ``conv1d`` over many short rows)."""
     out = x
     for axis, s in enumerate(sigmas):
         if s <= 0:
             continue
         r = int(4.0 * s + 0.5)
-        t = torch.arange(-r, r + 1, dtype=torch.float64)
-        k = torch.exp(-0.5 * (t / s) ** 2)
-        k = (k / k.sum()).to(x.dtype)
-        moved = out.movedim(axis, -1)
-        shp = moved.shape
-        flat = moved.reshape(-1, 1, shp[-1])
-        mode = "reflect" if shp[-1] > r else "replicate"
-        flat = F.conv1d(F.pad(flat, (r, r), mode=mode), k.view(1, 1, -1))
-        out = flat.reshape(shp).movedim(-1, axis)
-    assert out.dim() == n
+        t = np.arange(-r, r + 1, dtype=np.float64)
+        k = np.exp(-0.5 * (t / s) ** 2)
+        k /= k.sum()
+        n = out.shape[axis]
+        if n > r:  # mirror: index -i -> i, n - 1 + i -> n - 1 - i
+            idx = np.concatenate([np.arange(r, 0, -1), np.arange(n), np.arange(n - 2, n - 2 - r, -1)])
+        else:
+            idx = np.clip(np.arange(-r, n + r), 0, n - 1)
+        padded = out.index_select(axis, torch.from_numpy(idx))
+        acc = padded.narrow(axis, 0, n) * float(k[0])
+        for j in range(1, 2 * r + 1):
+            acc.add_(padded.narrow(axis, j, n), alpha=float(k[j]))
+        out = acc
     return out
 
 
@@ -350,11 +354,10 @@ class NnUNetAugmentation:
             for ch in range(c):
                 image[ch] = contrast_transform(image[ch], bg_contrast(rng, *self.contrast))
         if rng.random() < self.p_lowres:
-            zoom = float(rng.uniform(*self.lowres_zoom))
-            zooms = [1.0 if (dummy and ax == 0) else zoom for ax in range(n)]
             for ch in range(c):
                 if rng.random() < self.p_lowres_per_channel:
-                    image[ch] = _simulate_lowres(image[ch], zooms)
+                    zoom = float(rng.uniform(*self.lowres_zoom))  # per channel, the same for every axis
+                    image[ch] = _simulate_lowres(image[ch], [1.0 if (dummy and ax == 0) else zoom for ax in range(n)])
         if rng.random() < self.p_gamma_inverted:
             for ch in range(c):
                 image[ch] = gamma_transform(image[ch], bg_contrast(rng, *self.gamma), invert=True)

@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .base import DataError, MissingDataError, require_dir, strip_ext, unique_values
 from .nifti import NIFTI_EXTENSIONS, NiftiVolume, read_nifti_volume
 
-__all__ = ["VolumeCase", "VolumeSet", "read_volume_set", "read_nnunet_volumes", "read_msd", "read_brats",
+__all__ = ["VolumeCase", "VolumeSet", "read_volume_set", "volume_set_from_files", "read_nnunet_volumes", "read_msd",
+           "read_brats",
            "read_case_folders", "read_image_label_folders", "select_cases", "load_case", "geometry_mismatch",
            "BRATS_2020", "BRATS_2023", "VOLUME_LAYOUTS"]
 
@@ -79,6 +79,7 @@ class VolumeSet:
     problems: List[str] = field(default_factory=list)
     splits_file: Optional[Path] = None
     labels_declared: bool = True
+    notes: List[str] = field(default_factory=list)          # said once by the check, not problems
 
     @property
     def num_classes(self) -> int:
@@ -119,7 +120,7 @@ def _nnunet_labels(dj: dict, where: Path):
     labels = dj["labels"]
     if "ignore" in labels:
         raise DataError(f"{where}: the nnU-Net 'ignore' label is not supported; remove it from 'labels'")
-    vals, regions_raw, names = set(), [], []
+    vals, regions_raw = set(), []
     for name, v in labels.items():
         vs = [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
         vals.update(vs)
@@ -209,6 +210,8 @@ def read_nnunet_volumes(root) -> VolumeSet:
     train = _nnunet_folder(r, "imagesTr", ending, len(names), "labelsTr", problems)
     if not (r / "imagesTr").is_dir():
         raise MissingDataError(f"{r} has no imagesTr/ folder; expected layout:\n{VOLUME_LAYOUTS}")
+    if not (r / "labelsTr").is_dir():
+        problems.append(f"{r} has no labelsTr/ folder (the labels of imagesTr); expected layout:\n{VOLUME_LAYOUTS}")
     test = _nnunet_folder(r, "imagesTs", ending, len(names), "labelsTs", problems)
     n = dj.get("numTraining")
     if n is not None and int(n) != len(train):
@@ -303,7 +306,9 @@ def _case_dirs(r: Path) -> List[Path]:
     return sorted(d for d in r.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _folder_cases(r: Path, channels: Sequence[str], label: Optional[str]) -> List[VolumeCase]:
+def _folder_cases(r: Path, channels: Sequence[str], label: Optional[str],
+                  shown: Optional[Sequence[str]] = None) -> List[VolumeCase]:
+    shown = list(shown) if shown is not None else list(channels)
     cases = []
     for d in _case_dirs(r):
         files = _nii(d)
@@ -311,12 +316,13 @@ def _folder_cases(r: Path, channels: Sequence[str], label: Optional[str]) -> Lis
             continue
         c = VolumeCase(d.name, [])
         lab = _match(files, label) if label else []
-        for ch in channels:
+        for ch, name in zip(channels, shown):
             hits = [f for f in _match(files, ch) if f not in lab]
             if not hits:
-                c.problems.append(f"case {d.name!r}: no {ch!r} channel file in {d} (found {[f.name for f in files]})")
+                c.problems.append(f"case {d.name!r}: no {name!r} channel file in {d} (found "
+                                  f"{[f.name for f in files]})")
             elif len(hits) > 1:
-                c.problems.append(f"case {d.name!r}: {len(hits)} files match the channel {ch!r} in {d}: "
+                c.problems.append(f"case {d.name!r}: {len(hits)} files match the channel {name!r} in {d}: "
                                   f"{[f.name for f in hits]}; name it more precisely (a glob)")
             else:
                 c.images.append(hits[0])
@@ -345,13 +351,23 @@ def read_brats(root) -> VolumeSet:
         raise DataError(f"{r}: no BraTS case folder found (<case>/<case>_flair.nii.gz ... or <case>-t1c.nii.gz ...)"
                         f"; expected layout:\n{VOLUME_LAYOUTS}")
     sep = conv["sep"]
-    cases = _folder_cases(r, [f"*{sep}{c}.nii*" for c in conv["channels"]], f"*{sep}{conv['label']}.nii*")
+    cases = _folder_cases(r, [f"*{sep}{c}.nii*" for c in conv["channels"]], f"*{sep}{conv['label']}.nii*",
+                          conv["channels"])
     train = [c for c in cases if c.label is not None]
     test = [c for c in cases if c.label is None]
     name = "brats2023" if conv is BRATS_2023 else "brats2020"
-    return VolumeSet(r, name, list(conv["channels"]), list(conv["values"]), list(conv["class_names"]), train, test,
-                     [list(x) for x in BRATS_REGIONS], list(BRATS_REGION_NAMES), list(BRATS_REGIONS_CLASS_ORDER),
-                     ["zscore"] * 4)
+    vs = VolumeSet(r, name, list(conv["channels"]), list(conv["values"]), list(conv["class_names"]), train, test,
+                   [list(x) for x in BRATS_REGIONS], list(BRATS_REGION_NAMES), list(BRATS_REGIONS_CLASS_ORDER),
+                   ["zscore"] * 4)
+    vs.notes += _unlabelled_note(train, test, conv["label"])
+    return vs
+
+
+def _unlabelled_note(train, test, label) -> List[str]:
+    if train and test:
+        return [f"{len(test)} case folder(s) have no {label!r} label file and are used as unlabelled (test) cases: "
+                f"{[c.case_id for c in test][:5]}"]
+    return []
 
 
 def _labels_arg(labels, where) -> Tuple[Optional[List[int]], Optional[List[str]]]:
@@ -400,7 +416,8 @@ def read_case_folders(root, channels: Sequence[str], label: Optional[str] = None
         names = ["background"] + [f"label {v}" for v in values[1:]]
     ch_names = [c.strip("*?[]._-") or c for c in channels]
     return VolumeSet(r, "folders", ch_names, values, names, train, test,
-                     normalization=_norm_arg(normalization, len(channels)), labels_declared=declared)
+                     normalization=_norm_arg(normalization, len(channels)), labels_declared=declared,
+                     notes=_unlabelled_note(train, test, label) if label else [])
 
 
 def _norm_arg(normalization, n: int) -> List[str]:
@@ -429,6 +446,43 @@ def read_image_label_folders(root, labels=None, normalization=None) -> VolumeSet
                      labels_declared=declared)
 
 
+def volume_set_from_files(files, like: Optional[VolumeSet] = None, case_id: Optional[str] = None) -> VolumeSet:
+    """One unlabelled case (in ``test``) from its channel files (one 3-D file per channel, or one 4-D file holding
+    every channel), with the channels, labels and regions of ``like`` (the training data set) when given: what
+    ``predict`` needs for a single file."""
+    paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    if not paths:
+        raise DataError("no file given")
+    for p in paths:
+        if not p.is_file():
+            raise MissingDataError(f"file not found: {p}")
+    cid = case_id or strip_ext(paths[0].name)
+    four_d = len(paths) == 1 and (like is None or like.in_channels > 1)
+    case = VolumeCase(cid, paths, None, four_d=four_d)
+    root = paths[0].parent
+    if like is not None:
+        return VolumeSet(root, "files", list(like.channel_names), list(like.label_values), list(like.class_names), [],
+                         [case], like.regions, like.region_names, like.regions_class_order, list(like.normalization))
+    if four_d:
+        from .nifti import nifti_header
+        shp = nifti_header(paths[0]).shape
+        n = shp[3] if len(shp) == 4 else 1
+        case.four_d = len(shp) == 4
+    else:
+        n = len(paths)
+    return VolumeSet(root, "files", [f"channel {i}" for i in range(n)], [0, 1], ["background", "label 1"], [], [case],
+                     normalization=["zscore"] * n, labels_declared=False)
+
+
+def _unlabelled_flat(r: Path, normalization) -> Optional[VolumeSet]:
+    files = _nii(r)
+    if not files or (r / "dataset.json").is_file():
+        return None
+    cases = [VolumeCase(strip_ext(f.name), [f], None, four_d=False) for f in files]
+    return VolumeSet(r, "files", ["image"], [0, 1], ["background", "label 1"], [], cases,
+                     normalization=_norm_arg(normalization, 1), labels_declared=False)
+
+
 def read_volume_set(root, channels: Optional[Sequence[str]] = None, label: Optional[str] = None, labels=None,
                     normalization=None) -> VolumeSet:
     """Recognise the layout of ``root`` (module docstring) and read its case list (no voxel is read, except the
@@ -453,7 +507,12 @@ def read_volume_set(root, channels: Optional[Sequence[str]] = None, label: Optio
         if normalization is not None:
             vs.normalization = _norm_arg(normalization, vs.in_channels)
     elif any((r / d).is_dir() for d in ("images", "imagesTr", "image", "volumes")) or _nii(r):
-        vs = read_image_label_folders(r, labels, normalization)
+        try:
+            vs = read_image_label_folders(r, labels, normalization)
+        except DataError:
+            vs = _unlabelled_flat(r, normalization)  # a folder of volumes to predict (no labels)
+            if vs is None:
+                raise
     else:
         raise DataError(f"{r}: no volumetric layout recognised (no dataset.json, no BraTS case folders, no "
                         f"images/labels folders); for other per-case folders pass channels=[...] and label=...; "

@@ -112,8 +112,8 @@ class VolumetricDataset(Dataset):
                     label = np.zeros(image.shape[1:], np.int64)
                 yield image, label, meta["spacing"]
 
-        return plan_preprocessing(list(gen()), st["normalization"], st["target_spacing"], st["use_mask_for_norm"],
-                                  st["label_order"])
+        return plan_preprocessing(gen(), st["normalization"], st["target_spacing"], st["use_mask_for_norm"],
+                                  st["label_order"], n_cases=len(cases))
 
     def raw_case(self, index: int):
         """The case as stored: ``(image (C, I, J, K), label (I, J, K) class indices or None, meta)``."""
@@ -130,25 +130,31 @@ class VolumetricDataset(Dataset):
         img, lab, props = preprocess_case(image, label, meta["spacing"], self.plan)
         return img, lab, props, meta
 
-    def load(self, index: int):
-        """``(image float32 (C, ...), label int64 (...) with -1 outside the crop, meta)`` of case ``index``."""
-        def make():
-            case = self.cases[index]
-            if self.cache is not None and self.preprocess:
-                meta_box: Dict[str, Any] = {}
+    def load(self, index: int, mmap: bool = False):
+        """``(image float32 (C, ...), label (...) with -1 outside the crop, meta)`` of case ``index``. With ``mmap``
+        and a cache folder, image and label are read-only memory maps of the cached arrays (a patch sampler reads
+        only its patch; the label is then int8 or int32 as stored)."""
+        if mmap and self.cache is not None and self.preprocess:
+            return self._load(index, True)
+        return self._memory.get(index, lambda: self._load(index, False))
 
-                def compute():
-                    img, lab, props, meta = self._preprocessed(index)
-                    meta_box["meta"] = meta
-                    return img, lab, props
+    def _load(self, index: int, mmap: bool):
+        case = self.cases[index]
+        if self.cache is not None and self.preprocess:
+            meta_box: Dict[str, Any] = {}
 
-                img, lab, props = self.cache.case(case.case_id, case.files, compute)
-                meta = meta_box.get("meta")
-            else:
+            def compute():
                 img, lab, props, meta = self._preprocessed(index)
-            return img, lab, self._meta(case, props, meta)
+                meta_box["meta"] = meta
+                return img, lab, props
 
-        return self._memory.get(index, make)
+            img, lab, props = self.cache.case(case.case_id, case.files, compute, mmap=mmap)
+            meta = meta_box.get("meta")
+            if not mmap:
+                lab = np.asarray(lab, np.int64)
+        else:
+            img, lab, props, meta = self._preprocessed(index)
+        return img, lab, self._meta(case, props, meta)
 
     def _meta(self, case: VolumeCase, props: dict, meta: Optional[dict]) -> dict:
         if meta is None:  # from the cache: the geometry from the header only
@@ -173,6 +179,7 @@ class VolumetricDataset(Dataset):
         if not 0 <= i < n:
             raise IndexError(f"index {index} out of range for {n} volumes")
         img, lab, meta = self.load(i)
+        lab = np.asarray(lab, np.int64)
         mask = np.where(lab < 0, self.outside_label, lab) if self.outside_label != -1 else lab
         sample = {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
                   "mask": torch.from_numpy(np.ascontiguousarray(mask.astype(np.int64))), "meta": dict(meta)}
