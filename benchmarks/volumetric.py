@@ -10,10 +10,14 @@ Measured in one run, on the built-in ``synthetic-brats`` cases (no download):
   workers multiplies it by up to ``W`` where cores are free);
 * the ratios: augmented / plain crop at each size, and 128³ / 64³.
 
-The network's part (training steps per second of the 3D U-Net) and the sliding-window inference are added by the
-engine/network work (``vol_engine``, ``nets3d_*``).
+* with ``--sliding-window``: sliding-window seconds and peak memory for one ``--sw-shape`` case (240 x 240 x 155)
+  at patch ``--sw-patch`` (128), ours against MONAI's ``sliding_window_inference`` on the same ``nnunet_3d`` in the
+  same run, and the ratio ours / MONAI (``benchmarks/volumetric_inference.py``, each method in its own process).
 
-Run: ``python benchmarks/volumetric.py [--case-size 160] [--cases 2] [--n64 24] [--n128 6] [--threads 1]``.
+The training steps per second of the 3D U-Net are added by the network work (``nets3d_*``).
+
+Run: ``python benchmarks/volumetric.py [--case-size 160] [--cases 2] [--n64 24] [--n128 6] [--threads 1]
+[--sliding-window | --sw-only] [--sw-patch 128] [--sw-shape 240 240 155] [--sw-net small|brats128]``.
 The case must be at least the patch size for 128³ patches without padding (160 by default).
 """
 from __future__ import annotations
@@ -42,8 +46,21 @@ def main():
     ap.add_argument("--n64", type=int, default=24, help="patches timed at 64^3")
     ap.add_argument("--n128", type=int, default=6, help="patches timed at 128^3")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--sliding-window", action="store_true", help="also time the sliding window, ours vs MONAI")
+    ap.add_argument("--sw-patch", type=int, default=128)
+    ap.add_argument("--sw-shape", type=int, nargs=3, default=[240, 240, 155])
+    ap.add_argument("--sw-net", choices=["small", "brats128"], default="small")
+    ap.add_argument("--sw-only", action="store_true", help="only the sliding-window part")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.sliding_window or a.sw_only:
+        import os
+        import sys
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from volumetric_inference import run_sliding_window
+        run_sliding_window(a.sw_patch, a.sw_net, a.sw_shape, 1, a.threads, "cpu")
+        if a.sw_only:
+            return
 
     from mambaseg.data.patches import PatchDataset, class_locations
     from mambaseg.data.synthetic3d import SyntheticBraTS

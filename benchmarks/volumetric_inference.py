@@ -111,17 +111,28 @@ def main():
         a.net = "small" if a.device == "cpu" else "brats128"
     if a.child:
         return child(a)
-    print(f"case {a.shape} x 4 channels, patch {a.patch}^3, overlap 0.5, net nnunet_3d ({a.net}), "
-          f"sw batch {a.sw_batch}, device {a.device}, {a.threads} thread(s)")
+    return 0 if run_sliding_window(a.patch, a.net, a.shape, a.sw_batch, a.threads, a.device) else 1
+
+
+def run_sliding_window(patch: int = 128, net: str = "small", shape=(240, 240, 155), sw_batch: int = 1,
+                       threads: int = 2, device: str = "cpu"):
+    """Run the three methods (each in a child process), print the table and the ratio; returns the results
+    (``None`` if a child failed). Also called by ``benchmarks/volumetric.py --sliding-window``."""
+    print(f"sliding window: case {list(shape)} x 4 channels, patch {patch}^3, overlap 0.5, net nnunet_3d ({net}), "
+          f"sw batch {sw_batch}, device {device}, {threads} thread(s)")
     results = {}
+    env = dict(os.environ)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for name in ("ours-monai", "monai", "ours-nnunet"):
-        cmd = [sys.executable, __file__, "--child", name, "--patch", str(a.patch), "--net", a.net, "--shape",
-               *map(str, a.shape), "--sw-batch", str(a.sw_batch), "--threads", str(a.threads), "--device", a.device]
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--patch", str(patch), "--net", net,
+               "--shape", *map(str, shape), "--sw-batch", str(sw_batch), "--threads", str(threads),
+               "--device", device]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
         if p.returncode or not line:
             print(f"{name}: failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
-            return 1
+            return None
         results[name] = r = json.loads(line[0][7:])
         mem = (f"peak CUDA {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else
                f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['peak_rss_mb'] - r['rss_before_mb']:.0f} MB over "
@@ -130,7 +141,8 @@ def main():
               f"{r['out_dtype']} on {r['out_device']}")
     ratio = results["ours-monai"]["seconds"] / results["monai"]["seconds"]
     print(f"ratio ours / MONAI (same windows) = {ratio:.3f}  (target <= 1.1: {'ok' if ratio <= 1.1 else 'NOT MET'})")
-    return 0
+    results["ratio"] = ratio
+    return results
 
 
 if __name__ == "__main__":
