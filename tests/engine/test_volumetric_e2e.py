@@ -126,3 +126,52 @@ def test_3d_model_refuses_2d_batches_and_bad_patch(tiny3d):
     assert m.loss_name == "nnunet_dc_ce" and m.out_channels == 4
     with pytest.raises(MambasegUserError, match="2-D data set given to a 3-D config"):
         m._infer({"image": torch.zeros(1, 2, 8, 8), "mask": torch.zeros(1, 8, 8, dtype=torch.long), "meta": {}})
+
+
+def test_brats_folder_fit_and_predict_keeps_geometry_and_raw_labels(tiny3d, tmp_path):
+    """BraTS 2020 folders (labels 0/1/2/4, anisotropic, rotated affine): fit a step on patches, predict the folder;
+    every prediction has its flair file's affine and shape and holds BraTS values (4, never the class index 3)."""
+    import os
+    import sys
+
+    import lightning.pytorch as pl
+
+    from mambaseg.engine.datamodule import SegDataModule
+    from mambaseg.engine.module import SegmentationModule
+    from mambaseg.engine.predict import load_module, predict_paths
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data"))
+    import _volume_fixtures as fx
+
+    root = fx.brats2020(tmp_path / "brats", n=4)
+    dm = SegDataModule("brats", root=str(root), image_size=[8, 8, 4], transforms=None, batch_size=2,
+                       iterations_per_epoch=1, val_split="val", test_split=None, augmentation=None, check="none",
+                       dataset_kwargs={"cache_dir": str(tmp_path / "cache")})
+    module = SegmentationModule(model=tiny3d, num_classes=dm.num_classes, in_channels=dm.in_channels,
+                                image_size=[8, 8, 4], regions=dm.regions, region_names=dm.region_names,
+                                scheduler="none")
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(str(ckpt))
+    loaded = load_module(str(ckpt))
+    assert loaded.volumetric_info["label_values"] == [0, 1, 2, 4]
+    with torch.no_grad():  # force every voxel into all three regions: the prediction must be ET = BraTS label 4
+        loaded.net.body[-1].weight.zero_()
+        loaded.net.body[-1].bias.fill_(5.0)
+    res = predict_paths(loaded, [str(root)], str(tmp_path / "pred"), progress=False)
+    assert len(res.written) == 4 and not res.errors
+    for path in res.written:
+        case = os.path.basename(path)[: -len(".nii.gz")]
+        src = nib.load(str(root / case / f"{case}_flair.nii.gz"))
+        pred = nib.load(path)
+        assert pred.shape == src.shape
+        np.testing.assert_allclose(pred.affine, src.affine, atol=1e-6)
+        lab = np.asanyarray(pred.dataobj)
+        assert set(np.unique(lab).tolist()) <= {0, 4} and (lab == 4).any()
+        nonzero = sum(np.asanyarray(nib.load(str(f)).dataobj) != 0 for f in (root / case).glob("*_[ft]*.nii.gz"))
+        box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(nonzero))
+        inside = np.zeros(lab.shape, bool)
+        inside[box] = True
+        assert (lab[inside] == 4).all() and (lab[~inside] == 0).all()  # pasted back into the crop box
