@@ -145,7 +145,7 @@ def test_brats_folder_fit_and_predict_keeps_geometry_and_raw_labels(tiny3d, tmp_
 
     root = fx.brats2020(tmp_path / "brats", n=4)
     dm = SegDataModule("brats", root=str(root), image_size=[8, 8, 4], transforms=None, batch_size=2,
-                       iterations_per_epoch=1, val_split="val", test_split=None, augmentation=None, check="none",
+                       iterations_per_epoch=1, val_split="val", test_split="val", augmentation=None, check="none",
                        dataset_kwargs={"cache_dir": str(tmp_path / "cache")})
     module = SegmentationModule(model=tiny3d, num_classes=dm.num_classes, in_channels=dm.in_channels,
                                 image_size=[8, 8, 4], regions=dm.regions, region_names=dm.region_names,
@@ -153,10 +153,27 @@ def test_brats_folder_fit_and_predict_keeps_geometry_and_raw_labels(tiny3d, tmp_
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
     trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    res = module.test_results
+    assert res["settings"]["grid"].startswith("original")
+    rows = {r["case_id"]: r for r in res["rows"]}
+    assert all(r["spacing"] == "0.8x0.9x3" for r in rows.values())  # the original spacing
     ckpt = tmp_path / "m.ckpt"
     trainer.save_checkpoint(str(ckpt))
     loaded = load_module(str(ckpt))
     assert loaded.volumetric_info["label_values"] == [0, 1, 2, 4]
+    # oracle: the test Dice on the original grid equals the Dice of predict's NIfTI against the seg file, by hand
+    out1 = predict_paths(loaded, [str(root)], str(tmp_path / "pred1"), progress=False)
+    assert len(out1.written) == 4
+    for cid, row in rows.items():
+        p = np.asanyarray(nib.load(str(tmp_path / "pred1" / "masks" / f"{cid}.nii.gz")).dataobj)
+        g = np.asanyarray(nib.load(str(root / cid / f"{cid}_seg.nii.gz")).dataobj)
+        for name, vals in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
+            a, b = np.isin(p, vals), np.isin(g, vals)
+            denom = a.sum() + b.sum()
+            want = 2 * (a & b).sum() / denom if denom else float("nan")
+            got = row[f"dice/{name}"]
+            assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, abs=1e-9), (cid, name)
     with torch.no_grad():  # force every voxel into all three regions: the prediction must be ET = BraTS label 4
         loaded.net.body[-1].weight.zero_()
         loaded.net.body[-1].bias.fill_(5.0)

@@ -149,6 +149,9 @@ class SegmentationModule(pl.LightningModule):
             is ``image_size`` (the training patch).
         nsd_tolerance: normalised surface Dice tolerance at test time (mm; one value, or one per reported class /
             region); ``None`` = no NSD.
+        eval_grid: 3-D test: ``"original"`` (default, nnU-Net's final evaluation: predictions brought back to each
+            case's original grid and scored there with the original spacing, when the data set can invert its
+            preprocessing) or ``"preprocessed"`` (score on the resampled grid, as validation does).
     """
 
     def __init__(self, model: str = "unet", model_kwargs: Optional[Dict[str, Any]] = None, num_classes: int = 2,
@@ -163,7 +166,8 @@ class SegmentationModule(pl.LightningModule):
                  pretrained: Optional[str] = None, scan_backend: Optional[str] = None, num_qualitative: int = 8,
                  regions: Optional[List[List[int]]] = None, region_names: Optional[List[str]] = None,
                  sw_overlap: float = 0.5, sw_mode: str = "nnunet", sw_gaussian: bool = True, sw_mirror: bool = False,
-                 sw_batch_size: int = 1, nsd_tolerance: Optional[Union[float, List[float]]] = None):
+                 sw_batch_size: int = 1, nsd_tolerance: Optional[Union[float, List[float]]] = None,
+                 eval_grid: str = "original"):
         super().__init__()
         _check_choice("optimizer", optimizer, OPTIMIZERS)
         _check_choice("scheduler", scheduler, SCHEDULERS)
@@ -173,6 +177,8 @@ class SegmentationModule(pl.LightningModule):
         if not 0.0 < threshold < 1.0:
             raise MambasegUserError(f"threshold must be in (0, 1); got {threshold}")
         self.save_hyperparameters()
+        _check_choice("eval_grid", eval_grid, ("original", "preprocessed"))
+        self._grid_used = "preprocessed volume (spacing of meta['spacing'])"
         if not isinstance(image_size, (list, tuple)):
             _check_size_value(image_size)
         if scan_backend:
@@ -299,7 +305,7 @@ class SegmentationModule(pl.LightningModule):
         spacings = _meta_list(meta, "spacing", image.shape[0])
         out = []
         if self.spatial_dims == 3:
-            return self._infer_3d(image, mask, ids, spacings)
+            return self._infer_3d(image, mask, ids, spacings, meta)
         if self._is_volume(batch):
             sizes = _meta_list(meta, "original_size", image.shape[0])
             for i in range(image.shape[0]):
@@ -334,8 +340,27 @@ class SegmentationModule(pl.LightningModule):
         trainer = getattr(self, "_trainer", None)
         return bool(trainer is not None and trainer.testing and trainer.progress_bar_callback is not None)
 
-    def _infer_3d(self, image, mask, ids, spacings):
-        """Whole volumes ``(B, C, I, J, K)``: sliding window per case, loss of the blended logits on the CPU."""
+    def _original_case(self, cid):
+        """At test time with ``eval_grid="original"``: ``(image, label)`` of case ``cid`` as stored (the test data
+        set's ``raw_case``), or None when the data set cannot give it (generated sets: their grid is the original)."""
+        trainer = getattr(self, "_trainer", None)
+        if self.hparams.eval_grid != "original" or trainer is None or not trainer.testing:
+            return None
+        ds = (getattr(getattr(trainer, "datamodule", None), "_datasets", None) or {}).get("test")
+        ds = getattr(ds, "dataset", ds)
+        if ds is None or not hasattr(ds, "raw_case") or not hasattr(ds, "case_ids"):
+            return None
+        ids = [str(c) for c in ds.case_ids()]
+        if str(cid) not in ids:
+            return None
+        image, label, _ = ds.raw_case(ids.index(str(cid)))
+        return (image, label) if label is not None else None
+
+    def _infer_3d(self, image, mask, ids, spacings, meta=None):
+        """Whole volumes ``(B, C, I, J, K)``: sliding window per case, loss of the blended logits on the CPU.
+        At test time with ``eval_grid="original"`` and a data set that can invert its preprocessing, the labels
+        are brought back to the case's original grid (probabilities resampled, pasted into the crop box, as
+        nnU-Net exports) and scored against the original label with the original spacing."""
         if image.dim() != 5:
             raise MambasegUserError(f"a 3-D model needs volumes (B, C, I, J, K); got a batch of shape "
                                     f"{tuple(image.shape)} (a 2-D data set given to a 3-D config?)")
@@ -345,7 +370,17 @@ class SegmentationModule(pl.LightningModule):
                                           progress=self._case_progress(), desc=str(ids[i]))
             tgt = mask[i].long().cpu()
             loss = self.loss_fn(logits[None], tgt[None]) if tgt.shape == labels.shape else None
-            out.append((labels, tgt, ids[i], _spacing(spacings[i]), image[i], loss))
+            spacing, shown = _spacing(spacings[i]), image[i]
+            orig = self._original_case(ids[i])
+            m = {k: (v[i] if isinstance(v, list) and len(v) == image.shape[0] else v)
+                 for k, v in (meta or {}).items()}
+            if orig is not None and all(k in m for k in ("crop_bbox", "shape_after_crop", "original_spacing")):
+                from .volumetric import labels_on_original_grid
+                labels = labels_on_original_grid(logits, m, self._regions)
+                tgt = torch.as_tensor(np.asarray(orig[1], np.int64))
+                spacing, shown = _spacing(m["original_spacing"]), torch.as_tensor(np.asarray(orig[0]))
+                self._grid_used = "original (inverse preprocessing, original spacing)"
+            out.append((labels, tgt, ids[i], spacing, shown, loss))
         return out
 
     # ----------------------------------------------------------------------------------------------------------
@@ -516,7 +551,7 @@ class SegmentationModule(pl.LightningModule):
             out.update({"spatial_dims": 3, "sliding_window": self.sliding_window.record(),
                         "training": "regions (sigmoid)" if hp.regions else (
                             "binary (sigmoid)" if self.out_channels == 1 else "labels (softmax)"),
-                        "loss": self.loss_name, "grid": "preprocessed volume (spacing of meta['spacing'])"})
+                        "loss": self.loss_name, "grid": self._grid_used})
         return out
 
     # ----------------------------------------------------------------------------------------------------------

@@ -28,21 +28,9 @@ import torch
 
 from .errors import MambasegUserError
 
-__all__ = ["predict_volumes", "probabilities_to_labels"]
+__all__ = ["predict_volumes"]
 
 _NIFTI = (".nii.gz", ".nii")
-
-
-def probabilities_to_labels(probs: np.ndarray, regions: Optional[Sequence[Sequence[int]]]) -> np.ndarray:
-    """``(K, ...)`` probabilities -> class indices: argmax, or for regions (sigmoid outputs) zeros then, in
-    order, ``p > 0.5`` gets the region's class (nnU-Net's ``regions_class_order``)."""
-    if regions is None:
-        return np.argmax(probs, axis=0).astype(np.int64)
-    from .sliding_window import regions_class_order
-    out = np.zeros(probs.shape[1:], np.int64)
-    for i, lab in enumerate(regions_class_order(regions)):
-        out[probs[i] > 0.5] = lab
-    return out
 
 
 def _single_file_set(path: Path, info: dict):
@@ -112,7 +100,7 @@ def predict_volumes(module, inputs: Sequence[str], out_dir: str, progress: bool 
 
     from .predict import PredictResult
     from .volume_io import write_label_nifti
-    from .volumetric import infer_volume
+    from .volumetric import infer_volume, probabilities_to_labels
 
     info = getattr(module, "volumetric_info", None)
     if not info:

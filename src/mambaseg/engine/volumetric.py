@@ -23,7 +23,7 @@ import torch
 from .errors import MambasegUserError
 from .sliding_window import SLIDING_WINDOW_MODES, logits_to_segmentation, sliding_window_logits
 
-__all__ = ["SlidingWindowSettings", "spatial_dims_of", "output_layout", "patch_size_of", "check_patch_size",
+__all__ = ["labels_on_original_grid", "probabilities_to_labels", "SlidingWindowSettings", "spatial_dims_of", "output_layout", "patch_size_of", "check_patch_size",
            "default_loss", "infer_volume"]
 
 
@@ -156,3 +156,31 @@ def volumetric_info(dataset) -> Optional[Dict[str, Any]]:
             "label_values": [int(v) for v in (getattr(base, "label_values", None) or range(nc))],
             "channel_names": [str(c) for c in (getattr(base, "channel_names", None) or [f"ch{i}" for i in range(n_ch)])],
             "regions": getattr(base, "regions", None), "region_names": getattr(base, "region_names", None)}
+
+
+def probabilities_to_labels(probs, regions: Optional[Sequence[Sequence[int]]]):
+    """``(K, ...)`` numpy probabilities -> int64 class indices: argmax, or for regions (sigmoid outputs) zeros then,
+    in order, ``p > 0.5`` gets the region's class (nnU-Net's ``regions_class_order``)."""
+    import numpy as np
+    if regions is None:
+        return np.argmax(probs, axis=0).astype(np.int64)
+    from .sliding_window import regions_class_order
+    out = np.zeros(probs.shape[1:], np.int64)
+    for i, lab in enumerate(regions_class_order(regions)):
+        out[probs[i] > 0.5] = lab
+    return out
+
+
+def labels_on_original_grid(logits: torch.Tensor, meta: Dict[str, Any],
+                            regions: Optional[Sequence[Sequence[int]]]) -> torch.Tensor:
+    """Logits on the preprocessed grid -> int64 labels on the case's original grid, as nnU-Net exports: softmax (or
+    sigmoid per region), probabilities resampled to the cropped original shape (order 1), pasted into the
+    original shape, then argmax / regions. ``meta``: the contract sample's meta (crop_bbox, shape_after_crop,
+    original_shape, original_spacing, spacing)."""
+    from mambaseg.data.preprocess import invert_probabilities
+    props = {"original_shape": tuple(meta["original_shape"]), "crop_bbox": meta["crop_bbox"],
+             "shape_after_crop": tuple(meta["shape_after_crop"]), "original_spacing": tuple(meta["original_spacing"]),
+             "spacing": tuple(meta["spacing"]), "anisotropy_threshold": meta.get("anisotropy_threshold", 3.0)}
+    probs = (torch.sigmoid(logits) if regions is not None else torch.softmax(logits, 0)).float().numpy()
+    probs = invert_probabilities(probs, props, regions=regions is not None)
+    return torch.from_numpy(probabilities_to_labels(probs, regions))
