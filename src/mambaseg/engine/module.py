@@ -86,7 +86,11 @@ def nearest_valid_sizes(size: int, divisor: int):
 
 def check_image_size(image_size, divisor, model: str = "the model") -> None:
     """Refuse an input size the network cannot take (H, W must be positive multiples of ``divisor``), naming the
-    nearest valid sizes in the caller's syntax (``--data.image_size 256`` on the command line)."""
+    nearest valid sizes in the caller's syntax (``--data.image_size 256`` on the command line). A 3-D patch
+    (three sizes) is checked per axis against an int or per-axis ``divisor``."""
+    if isinstance(image_size, (list, tuple)) and len(image_size) == 3:
+        check_patch_size(patch_size_of(image_size, 3), divisor, model)
+        return
     _check_size_value(image_size)
     if not divisor:
         return
