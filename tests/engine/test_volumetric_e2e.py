@@ -192,3 +192,34 @@ def test_brats_folder_fit_and_predict_keeps_geometry_and_raw_labels(tiny3d, tmp_
         inside = np.zeros(lab.shape, bool)
         inside[box] = True
         assert (lab[inside] == 4).all() and (lab[~inside] == 0).all()  # pasted back into the crop box
+
+
+def test_3d_predict_skips_bad_inputs_with_one_line_each(tiny3d, tmp_path):
+    """A 2-D NIfTI, a volume with the wrong channel count and a text file are skipped with one line each (the CLI
+    exits 3); the good volume is written. A module without a preprocessing plan is refused before any work."""
+    from mambaseg.data.synthetic3d import SyntheticBraTS
+    from mambaseg.engine.errors import MambasegUserError
+    from mambaseg.engine.module import SegmentationModule
+    from mambaseg.engine.predict import predict_paths
+    from mambaseg.engine.volumetric import volumetric_info
+
+    m = SegmentationModule(model=tiny3d, num_classes=4, in_channels=2, image_size=[16, 16, 8])
+    src = tmp_path / "in"
+    src.mkdir()
+    with pytest.raises(MambasegUserError, match="no preprocessing plan"):
+        predict_paths(m, [str(src)], str(tmp_path / "o0"), progress=False)
+    m.volumetric_info = volumetric_info(SyntheticBraTS("test", num_samples=1, size=16, channels=2))
+    img = SyntheticBraTS("test", num_samples=1, size=16, channels=2, normalize=False).load(0)[0]
+    nib.save(nib.Nifti1Image(np.moveaxis(img, 0, -1), np.eye(4)), str(src / "good.nii.gz"))
+    nib.save(nib.Nifti1Image(img[0], np.eye(4)), str(src / "one_channel.nii.gz"))
+    nib.save(nib.Nifti1Image(img[0, :, :, 0], np.eye(4)), str(src / "flat.nii.gz"))
+    (tmp_path / "notes.txt").write_text("x")
+    res = predict_paths(m, [str(src), str(tmp_path / "notes.txt")], str(tmp_path / "o"), progress=False)
+    assert [p.rsplit("/", 1)[-1] for p in res.written] == ["good.nii.gz"]
+    msgs = {p.rsplit("/", 1)[-1]: msg for p, msg in res.errors}
+    assert set(msgs) == {"one_channel.nii.gz", "flat.nii.gz", "notes.txt"}
+    assert "1 channel(s)" in msgs["one_channel.nii.gz"] and "has 2" in msgs["one_channel.nii.gz"]
+    assert "2-D image" in msgs["flat.nii.gz"]  # a 2-D file for a 3-D model
+    assert "not a NIfTI file" in msgs["notes.txt"]
+    assert all("\n" not in msg for msg in msgs.values())
+    assert len((tmp_path / "o" / "errors.txt").read_text().splitlines()) == 3

@@ -67,7 +67,9 @@ def _cases(inputs: Sequence[str], info: dict, reader: dict):
             elif p.is_dir():
                 try:
                     vs = read_volume_set(p, channels=reader.get("channels"), label=reader.get("label"))
-                except Exception:  # noqa: BLE001 - not a labelled layout: a flat folder of volumes to predict
+                    if vs.layout == "files" and vs.in_channels != len(info["channel_names"]):
+                        raise ValueError("flat folder of multi-channel (4-D) volumes")
+                except Exception:  # noqa: BLE001 - no layout for this model: a flat folder of volumes to predict
                     flat = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
                                   and f.name.lower().endswith(_NIFTI))
                     if not flat:
