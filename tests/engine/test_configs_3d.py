@@ -29,9 +29,10 @@ def test_3d_config_loads_against_a_fixture_of_its_layout(name, tmp_path):
     root.mkdir()
     CONFIGS[name](root)
     kw = dict(raw["data"].get("dataset_kwargs") or {}, cache_dir=str(tmp_path / "cache"))
+    extra = [] if name == "nnunet_3d_brats" else ["--model.nsd_tolerance", "2.0"]  # the fixture has 3 classes
     cli = MambaSegCLI(args=["--config", path, "--data.root", str(root), "--data.num_workers", "0",
                             "--data.dataset_kwargs", json.dumps(kw), "--trainer.accelerator", "cpu",
-                            "--run_dir", str(tmp_path / "run")], run=False)
+                            "--run_dir", str(tmp_path / "run"), *extra], run=False)
     m, dm = cli.model, cli.datamodule
     assert m.spatial_dims == 3 and dm.spatial_dims == 3
     assert list(m.sliding_window.patch_size) == raw["data"]["image_size"] == list(m.net.default_input_size)
@@ -48,4 +49,21 @@ def test_3d_config_loads_against_a_fixture_of_its_layout(name, tmp_path):
     else:
         assert m.hparams.regions is None and m.loss_name == "nnunet_dc_ce" and not m.sliding_window.mirror
         assert d["image_size"] == [192, 224, 40]  # nnU-Net's 40 x 224 x 192 (z, y, x) in (i, j, k) order
-        assert len(mk["nsd_tolerance"]) == 13
+        assert len(mk["nsd_tolerance"]) == 13  # one per organ of the 13-organ set (U-Mamba's tolerances)
+
+
+def test_nsd_tolerances_must_match_the_data_before_training(tmp_path):
+    """13 organ tolerances for a data set with 3 foreground classes: refused with one line at start."""
+    root = tmp_path / "data"
+    root.mkdir()
+    fx.nnunet_raw(root, n=3, channels=("CT",))
+    path = os.path.join(config_dir(), "nnunet_3d_abdomen_ct.yaml")
+    from mambaseg.cli.main import main
+    code = main(["fit", "--config", path, "--data.root", str(root), "--data.dataset_kwargs",
+                 json.dumps({"cache_dir": str(tmp_path / "cache")}), "--trainer.accelerator", "cpu",
+                 "--run_dir", str(tmp_path / "run"), "--trainer.max_epochs", "1", "--data.iterations_per_epoch", "1",
+                 "--data.image_size", "[16, 16, 8]", "--data.num_workers", "0", "--trainer.enable_progress_bar",
+                 "false", "--model.model_kwargs", json.dumps({"patch_size": [16, 16, 8],
+                                                              "features_per_stage": [4, 8, 16]})])
+    assert code == 2
+    assert not (tmp_path / "run" / "metrics.csv").exists()  # refused before any training step

@@ -182,6 +182,12 @@ class SegmentationModule(pl.LightningModule):
             raise MambasegUserError(f"threshold must be in (0, 1); got {threshold}")
         self.save_hyperparameters()
         _check_choice("eval_grid", eval_grid, ("original", "preprocessed"))
+        if isinstance(nsd_tolerance, (list, tuple)):  # one per reported class / region: checked before training
+            n_rep = len(regions) if regions else max(num_classes, 2) - (0 if include_background else 1)
+            if len(nsd_tolerance) not in (1, n_rep):
+                one, many = ("region", "regions") if regions else ("reported class", "reported classes")
+                raise MambasegUserError(f"model.nsd_tolerance has {len(nsd_tolerance)} values but the data has "
+                                        f"{n_rep} {many}; give one tolerance (mm) per {one} or a single number")
         self._grid_used = "preprocessed volume (spacing of meta['spacing'])"
         if not isinstance(image_size, (list, tuple)):
             _check_size_value(image_size)
