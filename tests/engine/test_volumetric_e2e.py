@@ -223,3 +223,20 @@ def test_3d_predict_skips_bad_inputs_with_one_line_each(tiny3d, tmp_path):
     assert "not a NIfTI file" in msgs["notes.txt"]
     assert all("\n" not in msg for msg in msgs.values())
     assert len((tmp_path / "o" / "errors.txt").read_text().splitlines()) == 3
+
+
+def test_network_and_data_of_different_dimensionality_are_refused(tiny3d, tmp_path, capsys):
+    from mambaseg.cli.main import main
+
+    common = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+              "--data.num_workers", "0"]
+    # a 2-D U-Net on synthetic-brats volumes
+    code = main(["fit", "--config", "demo_3d", "--model.model", "unet", "--model.model_kwargs", '{"base_channels": 4}',
+                 "--data.image_size", "32", "--run_dir", str(tmp_path / "a"), *common])
+    assert code == 2 and not (tmp_path / "a" / "metrics.csv").exists()
+    assert "'unet' is a 2-D network but data set 'synthetic-brats' gives 3-D volumes" in capsys.readouterr().err
+    # the tiny 3-D network on 2-D images
+    code = main(["fit", "--config", "demo", "--model.model", tiny3d, "--data.image_size", "32",
+                 "--run_dir", str(tmp_path / "b"), *common])
+    assert code == 2 and not (tmp_path / "b" / "metrics.csv").exists()
+    assert "is a 3-D network but data set 'synthetic-skin' gives 2-D images" in capsys.readouterr().err

@@ -280,6 +280,22 @@ class SegmentationModule(pl.LightningModule):
                  sync_dist=True)
         return loss
 
+    def setup(self, stage: str) -> None:
+        """Refuse a network and data of different dimensionality (one line, before any step)."""
+        trainer = getattr(self, "_trainer", None)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        nd = getattr(dm, "spatial_dims", None) if dm is not None else None
+        if nd is None or int(nd) == self.spatial_dims:
+            return
+        name = getattr(dm, "dataset_name", "the data set")
+        if int(nd) == 3:
+            raise MambasegUserError(
+                f"model {self.hparams.model!r} is a 2-D network but data set {name!r} gives 3-D volumes; use a 3-D "
+                f"network (e.g. --model.model nnunet_3d) or slices of the volumes for a 2-D one "
+                f"(--data.dataset_kwargs '{{\"spatial_dims\": 2}}' where the reader offers it)")
+        raise MambasegUserError(f"model {self.hparams.model!r} is a 3-D network but data set {name!r} gives 2-D "
+                                f"images; use a 2-D network, or a volumetric data set (e.g. brats, volumes)")
+
     def configure_optimizers(self):
         hp = self.hparams
         params = self.net.parameters()
