@@ -16,7 +16,7 @@ Measured in one run, on the built-in ``synthetic-brats`` cases (no download):
 
 The training steps per second of the 3D U-Net are added by the network work (``nets3d_*``).
 
-Run: ``python benchmarks/volumetric.py [--case-size 160] [--cases 2] [--n64 24] [--n128 6] [--threads 1]
+Run: ``python benchmarks/volumetric.py [--case-size 160] [--cases 2] [--n64 40] [--n128 12] [--threads 1]
 [--sliding-window | --sw-only] [--sw-patch 128] [--sw-shape 240 240 155] [--sw-net small|brats128]``.
 The case must be at least the patch size for 128³ patches without padding (160 by default).
 """
@@ -43,8 +43,8 @@ def main():
     ap.add_argument("--case-size", type=int, default=160)
     ap.add_argument("--cases", type=int, default=2)
     ap.add_argument("--channels", type=int, default=4)
-    ap.add_argument("--n64", type=int, default=24, help="patches timed at 64^3")
-    ap.add_argument("--n128", type=int, default=6, help="patches timed at 128^3")
+    ap.add_argument("--n64", type=int, default=40, help="patches timed at 64^3")
+    ap.add_argument("--n128", type=int, default=12, help="patches timed at 128^3")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--sliding-window", action="store_true", help="also time the sliding window, ours vs MONAI")
     ap.add_argument("--sw-patch", type=int, default=128)

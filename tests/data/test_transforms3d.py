@@ -29,6 +29,9 @@ def test_crop_pad_matches_numpy_pad():
     ref = np.pad(a.numpy(), [(0, 0), (2, 0), (0, 3)], constant_values=-7)[:, 0:6, 3:9]
     assert np.array_equal(out.numpy(), ref)
     assert (crop_pad(a, [10, 10], [12, 12], value=3) == 3).all()  # entirely outside
+    inside = crop_pad(a, [0, 0], [5, 6])  # the whole array: still a copy, never the caller's tensor
+    inside += 1
+    assert torch.equal(inside - 1, a) and inside.is_contiguous()
 
 
 @pytest.mark.parametrize("dims", [2, 3])

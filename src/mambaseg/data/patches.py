@@ -259,7 +259,7 @@ class PatchDataset(Dataset):
         matrix = aug.spatial_matrix(rng, self.patch_size) if isinstance(aug, NnUNetAugmentation) else None
         img, msk = extract_patch(image.float(), mask.long(), origin.tolist(), self.patch_size, matrix)
         if isinstance(aug, NnUNetAugmentation):
-            img, msk = aug.augment_patch(img, msk, rng)
+            img, msk = aug.augment_patch(img, msk, rng, inplace=True)  # img is a fresh copy
         elif aug is not None:
             out = aug({"image": img, "mask": msk}, rng)
             img, msk = out["image"], out["mask"]

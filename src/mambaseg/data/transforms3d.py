@@ -93,11 +93,16 @@ def rotation_matrix(angles: Sequence[float]) -> np.ndarray:
     return m
 
 
-def crop_pad(array: torch.Tensor, lo: Sequence[int], hi: Sequence[int], value=0) -> torch.Tensor:
+def crop_pad(array: torch.Tensor, lo: Sequence[int], hi: Sequence[int], value=0, copy: bool = True) -> torch.Tensor:
     """``array[..., lo:hi]`` over the last ``len(lo)`` axes, where the box may extend beyond the array: the part
-    outside is filled with ``value``. Exact (a copy, no interpolation)."""
+    outside is filled with ``value``. Exact (no interpolation). A box inside the array is one contiguous copy (or,
+    with ``copy=False``, a view to be read only)."""
     n = len(lo)
     spatial = array.shape[-n:]
+    lead = (slice(None),) * (array.dim() - n)
+    if all(l >= 0 and h <= s for l, h, s in zip(lo, hi, spatial)):
+        view = array[lead + tuple(slice(l, h) for l, h in zip(lo, hi))]
+        return view.clone(memory_format=torch.contiguous_format) if copy else view
     out = torch.full(tuple(array.shape[:-n]) + tuple(h - l for l, h in zip(lo, hi)), value, dtype=array.dtype)
     src, dst = [], []
     for l, h, s in zip(lo, hi, spatial):
@@ -106,7 +111,6 @@ def crop_pad(array: torch.Tensor, lo: Sequence[int], hi: Sequence[int], value=0)
             return out
         src.append(slice(a, b))
         dst.append(slice(a - l, b - l))
-    lead = (slice(None),) * (array.dim() - n)
     out[lead + tuple(dst)] = array[lead + tuple(src)]
     return out
 
@@ -137,7 +141,7 @@ def extract_patch(image: torch.Tensor, mask: Optional[torch.Tensor], origin: Seq
     mapped = matrix @ corners
     lo = np.floor(centre + mapped.min(1)).astype(np.int64) - 1
     hi = np.ceil(centre + mapped.max(1)).astype(np.int64) + 2
-    box = crop_pad(image, lo.tolist(), hi.tolist(), 0.0)
+    box = crop_pad(image, lo.tolist(), hi.tolist(), 0.0, copy=False)
     size_in = hi - lo
     # affine_grid over normalised coordinates (align_corners=True): output u in [-1, 1] is the offset u * half,
     # input voxel x = (centre - lo) + matrix @ (u * half), normalised v = x * 2 / (S - 1) - 1; axes reversed (x, y, z)
@@ -151,7 +155,7 @@ def extract_patch(image: torch.Tensor, mask: Optional[torch.Tensor], origin: Seq
                         align_corners=True)[0]
     msk = None
     if mask is not None:
-        mbox = crop_pad(mask, lo.tolist(), hi.tolist(), label_pad)
+        mbox = crop_pad(mask, lo.tolist(), hi.tolist(), label_pad, copy=False)
         shifted = (mbox - label_pad).to(torch.float32)[None, None]  # >= 0 inside; 0 = pad after sampling
         m = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
         msk = m.round().to(torch.int64) + label_pad
@@ -329,11 +333,13 @@ class NnUNetAugmentation:
         return img.float(), out_mask
 
     # -- everything after the spatial sampling -------------------------------------------------------------------
-    def augment_patch(self, image: torch.Tensor, mask: Optional[torch.Tensor], rng: np.random.Generator
-                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def augment_patch(self, image: torch.Tensor, mask: Optional[torch.Tensor], rng: np.random.Generator,
+                      inplace: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Elastic (optional), noise, blur, brightness, contrast, low resolution, gammas, mirroring on a patch
-        ``image (C, *P)`` float32 / ``mask (*P)`` int64 (or None)."""
-        image = image.clone()
+        ``image (C, *P)`` float32 / ``mask (*P)`` int64 (or None). ``inplace`` lets it overwrite ``image`` (a patch
+        that is already a private copy) instead of cloning it first."""
+        if not inplace:
+            image = image.clone()
         n = self.spatial_dims
         c = image.shape[0]
         dummy = self._dummy(tuple(image.shape[1:]) if self.patch_size is None else self.patch_size)
