@@ -48,12 +48,13 @@ class _Probabilities(nn.Module):
         return torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
 
 
-def _size2(size) -> Tuple[int, int]:
+def _size2(size, spatial_dims: int = 2) -> Tuple[int, ...]:
+    """The spatial input size: (H, W), or (D, H, W) for a 3-D network (``spatial_dims=3``)."""
     if isinstance(size, int):
-        return size, size
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ExportError(f"size must be an int or (H, W), got {size!r}")
+        return (size,) * spatial_dims
+    if isinstance(size, (tuple, list)) and len(size) == spatial_dims:
+        return tuple(int(s) for s in size)
+    raise ExportError(f"size must be an int or {'(D, H, W)' if spatial_dims == 3 else '(H, W)'}, got {size!r}")
 
 
 def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_channels: Optional[int] = None,
@@ -73,15 +74,18 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another --out or remove it (nothing is overwritten)")
+    spatial_dims = int(getattr(model, "spatial_dims", 2) or 2)
     if size is None:
         size = getattr(model, "img_size", None)
+        if size is None and spatial_dims == 3:
+            size = tuple(model.default_input_size)
         if size is None:
             from mambaseg.models import model_info
             name = getattr(model, "model_name", None)
             size = model_info(name).default_size if name else 256
-    H, W = _size2(size)
+    spatial = _size2(size, spatial_dims)
     c = int(in_channels or getattr(model, "in_channels", 3))
-    x = torch.zeros(1, c, H, W)
+    x = torch.zeros(1, c, *spatial)
     was_training = model.training
     net = model.eval()
     wrapped = _Probabilities(net) if output == "probabilities" else net
@@ -89,7 +93,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         with torch.no_grad():
             wrapped(x)                                              # fail here with the model's own message
     except ValueError as e:
-        raise ExportError(f"cannot export at input {c}x{H}x{W}: {e}") from None
+        raise ExportError(f"cannot export at input {c}x{'x'.join(map(str, spatial))}: {e}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     t0 = time.perf_counter()
@@ -106,7 +110,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         proto.producer_name = "mambaseg"
         name = getattr(model, "model_name", type(model).__name__)
         onnx.helper.set_model_props(proto, {"architecture": str(name), "output": output,
-                                            "input_size": f"{H}x{W}", "in_channels": str(c)})
+                                            "input_size": "x".join(map(str, spatial)), "in_channels": str(c)})
         if check:
             onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
@@ -117,7 +121,7 @@ def to_onnx(model: nn.Module, path: Union[str, os.PathLike], size=None, in_chann
         model.train(was_training)
     secs = time.perf_counter() - t0
     return {"path": str(path), "nodes": _count_nodes(proto.graph), "scan_nodes": n_scan,
-            "bytes": path.stat().st_size, "export_seconds": secs, "input_shape": [c, H, W]}
+            "bytes": path.stat().st_size, "export_seconds": secs, "input_shape": [c, *spatial]}
 
 
 def _count_nodes(graph) -> int:

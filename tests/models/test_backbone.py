@@ -13,8 +13,12 @@ from mambaseg.models.backbone import FeatureEncoder
 from small_models import SIZE, size_for, small_model  # noqa: F401
 
 
-def _to_nchw(t, c, h, w):
-    """A hooked tensor (channels-first, channels-last or (B, L, C) tokens) as (B, C, h, w)."""
+def _to_nchw(t, c, h, w, *more):
+    """A hooked tensor (channels-first, channels-last or (B, L, C) tokens) as (B, C, h, w); 3-D networks'
+    channels-first maps (B, C, d, h, w) as they are."""
+    if more:
+        assert tuple(t.shape[1:]) == (c, h, w, *more), (tuple(t.shape), (c, h, w, *more))
+        return t
     if t.dim() == 4 and tuple(t.shape[1:]) == (c, h, w):
         return t
     if t.dim() == 4 and tuple(t.shape[1:]) == (h, w, c):
@@ -55,7 +59,8 @@ def test_feature_info_and_intermediates_match_the_full_network(name):
         hooked = _hooked_maps(model, x)
     assert len(feats) == len(info)
     for i, (f, t) in enumerate(zip(info, feats)):
-        shape = (2, f["num_chs"], SIZE[0] // f["reduction"], SIZE[1] // f["reduction"])
+        red = f.get("reduction_per_axis", (f["reduction"],) * len(SIZE))
+        shape = (2, f["num_chs"]) + tuple(s // r for s, r in zip(SIZE, red))
         assert tuple(t.shape) == shape, (i, tuple(t.shape), shape)
         ref = _to_nchw(hooked[i], *shape[1:])
         torch.testing.assert_close(t, ref, rtol=0, atol=0)

@@ -20,7 +20,8 @@ from mambaseg.models.blocks.nnunet_blocks import nnunet_plan_3d
 SPEC = os.environ.get("MAMBASEG_SPEC_DIR", "/work/shared/spec")
 needs_spec = pytest.mark.skipif(not os.path.isdir(os.path.join(SPEC, "keys")), reason="spec key files not present")
 
-NETS3D = ["umamba_bot_3d", "umamba_enc_3d", "lightm_unet_3d", "lkm_unet_3d", "nnunet_3d", "nnunet_resenc_3d"]
+NETS3D = ["umamba_bot_3d", "umamba_enc_3d", "lightm_unet_3d", "lkm_unet_3d", "nnunet_3d", "nnunet_resenc_3d",
+          "umamba_nomamba_3d"]
 
 # spec §8 (and the small plans below it): (name, kwargs, in, K, params)
 SPEC_COUNTS = [
@@ -50,6 +51,7 @@ KEY_CFG = {"umamba_bot_3d": (4, 4, {}), "umamba_enc_3d": (4, 4, {}), "lightm_une
 # small real configurations (tiny widths, same code paths); anisotropic where the network allows
 SMALL = {
     "umamba_bot_3d": (dict(patch_size=(16, 32, 32), features_per_stage=[8, 16, 32]), (16, 32, 32)),
+    "umamba_nomamba_3d": (dict(patch_size=(16, 32, 32), features_per_stage=[8, 16, 32]), (16, 32, 32)),
     # (8, 16, 16) -> strides (1,1,1), (2,2,2), (1,2,2): stage 2 is 4x4x4 = 64 <= 64 channels -> channel tokens
     "umamba_enc_3d": (dict(patch_size=(8, 16, 16), features_per_stage=[8, 16, 64]), (8, 16, 16)),
     "lightm_unet_3d": (dict(init_filters=8, blocks_down=[1, 1, 1, 1]), (16, 8, 16)),
@@ -84,7 +86,23 @@ def small(name, in_channels=2, num_classes=3, **extra):
 def test_registered_as_3d():
     for n in NETS3D:
         assert n in list_models() and model_info(n).extra.get("spatial_dims") == 3
-    assert set(list_models(family="baseline")) >= {"nnunet_3d", "nnunet_resenc_3d"}
+    assert set(list_models(family="baseline")) >= {"nnunet_3d", "nnunet_resenc_3d", "umamba_nomamba_3d"}
+    with pytest.raises(ValueError, match="3-D network.*use umamba_enc for 2-D"):
+        create_model("umamba_enc_3d", spatial_dims=2)
+
+
+def test_no_mamba_base_is_umamba_bot_without_its_mamba_layer():
+    """nnU-Net Revisited's "No-Mamba Base" = U-Mamba with the Mamba blocks removed: Bot's count minus its Mamba
+    layer's (spec §3.2: 42,124,692 - 675,840), Bot's keys minus ``mamba_layer.*``."""
+    base = meta_model("umamba_nomamba_3d", in_channels=4, num_classes=4)
+    assert n_params(base) == 42_124_692 - 675_840
+    bot = meta_model("umamba_bot_3d", in_channels=4, num_classes=4)
+    assert list(base.state_dict()) == [k for k in bot.state_dict() if not k.startswith("mamba_layer.")]
+    torch.manual_seed(0)
+    m, size = small("umamba_nomamba_3d")
+    x = torch.randn(1, 2, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.decoder(m.encoder(x)))      # the bottleneck map goes straight on
 
 
 # ------------------------------------------------------------------------------------------------ counts
@@ -218,7 +236,8 @@ def meta_scan(monkeypatch):
     monkeypatch.setattr(mamba1_mod, "selective_scan", lambda u, *a, **k: torch.empty_like(u))
 
 
-@pytest.mark.parametrize("name,kw,cin,size", [("umamba_bot_3d", {}, 4, (128,) * 3), ("umamba_enc_3d", {}, 4, (128,) * 3),
+@pytest.mark.parametrize("name,kw,cin,size", [("umamba_bot_3d", {}, 4, (128,) * 3),
+                                              ("umamba_enc_3d", {}, 4, (128,) * 3),
                                               ("lkm_unet_3d", {}, 1, (40, 224, 192)),
                                               ("umamba_enc_3d", dict(patch_size="abd40"), 1, (40, 224, 192))])
 def test_full_size_output_shapes_like_the_spec(name, kw, cin, size, meta_scan):

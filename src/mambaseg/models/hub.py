@@ -55,7 +55,7 @@ def _size2(s) -> Optional[List[int]]:
         return None
     if isinstance(s, int):
         return [s, s]
-    return [int(s[0]), int(s[1])]
+    return [int(v) for v in s] if len(s) == 3 else [int(s[0]), int(s[1])]   # (D, H, W) of a 3-D network
 
 
 def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *, input_size=None,
@@ -91,7 +91,10 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *
     if len(class_names) != n_labels:
         raise PretrainedFolderError(f"class_names has {len(class_names)} entries but the model predicts {n_labels} "
                                     f"labels (background included): {class_names}")
-    size = _size2(input_size) or _size2(getattr(model, "img_size", None)) or [info.default_size] * 2
+    size = _size2(input_size) or _size2(getattr(model, "img_size", None))
+    if size is None:
+        size = (list(model.default_input_size) if getattr(model, "spatial_dims", 2) == 3
+                else [info.default_size] * 2)
     cfg = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "mambaseg_version": __version__,

@@ -23,9 +23,9 @@ Every block takes ``spatial_dims`` (2, the default, or 3): the conv / norm / poo
 from it, and kernel sizes and strides may be per-axis tuples (anisotropic 3-D plans such as ``[1, 3, 3]`` /
 ``[1, 2, 2]``). With ``spatial_dims=2`` and integer sizes the modules are exactly the 2-D ones.
 
-Norm / nonlinearity used by all these networks: ``InstanceNorm2d``/``3d`` ``(eps=1e-5, affine=True)`` (no running stats),
-``LeakyReLU(0.01, inplace=True)``; convolutions carry a bias except the 1x1 skip projection. Stochastic depth and
-squeeze-excitation of ``BasicBlockD`` are not implemented (none of the networks uses them).
+Norm / nonlinearity used by all these networks: ``InstanceNorm2d``/``3d`` ``(eps=1e-5, affine=True)`` (no running
+stats), ``LeakyReLU(0.01, inplace=True)``; convolutions carry a bias except the 1x1 skip projection. Stochastic
+depth and squeeze-excitation of ``BasicBlockD`` are not implemented (none of the networks uses them).
 """
 
 from __future__ import annotations
@@ -420,9 +420,8 @@ def nnunet_plan_3d(patch_size: Union[str, Size] = "brats128", features_per_stage
     n_conv_per_stage = list(n_conv_per_stage) if n_conv_per_stage is not None else [2] * n
     n_conv_per_stage_decoder = (list(n_conv_per_stage_decoder) if n_conv_per_stage_decoder is not None
                                 else [2] * (n - 1))
-    plan = NNUNetPlan(patch if name is None and not isinstance(patch_size, int) else _plain(patch_size),
-                      features_per_stage, kernel_sizes, list(strides), n_conv_per_stage, n_conv_per_stage_decoder,
-                      spatial_dims=3, name=name)
+    plan = NNUNetPlan(_plain(patch_size), features_per_stage, kernel_sizes, list(strides), n_conv_per_stage,
+                      n_conv_per_stage_decoder, spatial_dims=3, name=name)
     d = as_tuple(plan.divisor, 3)
     if any(p % m for p, m in zip(patch, d)):
         raise ValueError(f"{model}: patch_size {'x'.join(map(str, patch))} is not divisible by "

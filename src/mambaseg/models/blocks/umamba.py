@@ -14,6 +14,7 @@ the 3-D decoder concatenates the skip at every stage, the full-resolution one in
 
 from __future__ import annotations
 
+import math
 from typing import List, Sequence, Union
 
 import torch
@@ -24,7 +25,8 @@ from .mamba1 import Mamba
 from .nnunet_blocks import (BasicBlockD, NNUNetPlan, Size, _plain, check_deep_supervision, check_input_nd, conv_nd,
                             deep_supervision_active, instance_norm, leaky_relu, same_padding)
 
-__all__ = ["mamba_fp32", "BasicResBlock", "UpsampleLayer", "MambaLayer", "res_stage", "UNetResEncoder", "nnunet_feature_info",
+__all__ = ["mamba_fp32", "BasicResBlock", "UpsampleLayer", "MambaLayer", "res_stage", "UNetResEncoder",
+           "nnunet_feature_info",
            "UNetResDecoder", "NNUNetMambaBase"]
 
 def mamba_fp32(x: torch.Tensor, fn):
@@ -91,7 +93,7 @@ class MambaLayer(nn.Module):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        n = x[0, 0].numel()
+        n = math.prod(x.shape[2:])
         if self.channel_token:
             if n != self.dim:
                 raise ValueError(f"MambaLayer (channel tokens, dim {self.dim}) needs a map of {self.dim} positions, "

@@ -213,4 +213,10 @@ def lightm_unet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> LightMU
 def lightm_unet_3d(in_channels: int = 1, num_classes: int = 3, **kwargs) -> LightMUNet:
     """LightM-UNet 3-D as its nnU-Net trainer builds it for 3-D patches (32 filters, blocks [1,2,2,4] / [1,1,1]);
     5.02 M params (1 -> 3)."""
-    return LightMUNet(in_channels=in_channels, num_classes=num_classes, spatial_dims=3, **kwargs)
+    return LightMUNet(in_channels=in_channels, num_classes=num_classes, **_three_d(kwargs))
+
+
+def _three_d(kwargs: dict) -> dict:
+    if kwargs.get("spatial_dims", 3) != 3:
+        raise ValueError("lightm_unet_3d is a 3-D network (spatial_dims=3); use lightm_unet for 2-D")
+    return {**kwargs, "spatial_dims": 3}

@@ -179,7 +179,8 @@ class LKMUNetResDecoder(UNetDecoder):
     ConvTranspose (C_below -> C_skip, kernel = stride, bias), concat the skip, StackedResidualBlocks
     (2 C_skip -> C_skip), seg head; holds ``encoder`` as a child."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, plan: NNUNetPlan, deep_supervision: Union[bool, str] = False):
+    def __init__(self, encoder: nn.Module, num_classes: int, plan: NNUNetPlan,
+                 deep_supervision: Union[bool, str] = False):
         super().__init__(encoder, num_classes, plan, plan.n_conv_decoder, deep_supervision, residual=True)
 
 
@@ -240,4 +241,10 @@ def lkm_unet(in_channels: int = 3, num_classes: int = 1, **kwargs) -> LKMUNet:
                 spatial_dims=3)
 def lkm_unet_3d(in_channels: int = 1, num_classes: int = 14, **kwargs) -> LKMUNet:
     """LKM-UNet 3-D, nnU-Net 3d_fullres plan (default abd40: 40x224x192, 6 stages), (5p, 7p, 6p) pixel windows."""
-    return LKMUNet(in_channels=in_channels, num_classes=num_classes, spatial_dims=3, **kwargs)
+    return LKMUNet(in_channels=in_channels, num_classes=num_classes, **_three_d(kwargs))
+
+
+def _three_d(kwargs: dict) -> dict:
+    if kwargs.get("spatial_dims", 3) != 3:
+        raise ValueError("lkm_unet_3d is a 3-D network (spatial_dims=3); use lkm_unet for 2-D")
+    return {**kwargs, "spatial_dims": 3}

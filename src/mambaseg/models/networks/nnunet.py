@@ -32,8 +32,10 @@ PlainConvUNet: 2 convs per encoder and decoder stage (nnU-Net's default planner)
 presets' ``n_blocks_per_stage = (1, 3, 4, 6, 6, 6, ...)`` and one conv per decoder stage (``nnUNetPlannerResEncM/L/XL``
 differ only in patch and batch size, i.e. in the plan you give it).
 
-"No-Mamba Base": nnU-Net Revisited compares U-Mamba with the same nnU-Net residual-encoder U-Net without the Mamba
-layers; ``nnunet_resenc_3d`` is that residual-encoder U-Net as ``dynamic_network_architectures`` builds it.
+Not to be confused with nnU-Net Revisited's "No-Mamba Base" (its U-Mamba comparison): that row is "U-Mamba with the
+Mamba blocks removed" -- U-Mamba's own residual U-Net (``BasicResBlock`` stages, upsample + 1x1 conv decoder),
+registered as ``umamba_nomamba_3d`` in :mod:`~mambaseg.models.networks.umamba_bot` -- while ``nnunet_resenc_3d`` is
+``dynamic_network_architectures``' ``ResidualEncoderUNet`` (the paper's "nnU-Net ResEnc M/L/XL" rows).
 
 Differences, each deliberate: ``deep_supervision`` defaults to False (nnU-Net's builder: True; ``"train"`` returns
 the list in training mode only, as nnU-Net trains and then validates); inputs whose axes are not divisible by the

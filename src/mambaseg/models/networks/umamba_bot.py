@@ -3,8 +3,8 @@
 Paper: J. Ma, F. Li, B. Wang, "U-Mamba: Enhancing Long-range Dependency for Biomedical Image Segmentation",
 arXiv:2401.04722 (2024). Upstream: https://github.com/bowang-lab/U-Mamba (commit 28459e3,
 ``umamba/nnunetv2/nets/UMambaBot_2d.py``, trainer ``nnUNetTrainerUMambaBot``), described in
-``upstream_mamba1_models.md`` §3; 3-D: ``UMambaBot_3d.py``, ``upstream_3d_models.md`` §3; re-written here in our own code on :mod:`mambaseg.models.blocks.nnunet_blocks` and the
-Mamba-1 block :class:`mambaseg.models.blocks.mamba1.Mamba`. Module names equal upstream's (``encoder.stem``,
+``upstream_mamba1_models.md`` §3; 3-D: ``UMambaBot_3d.py``, ``upstream_3d_models.md`` §3; re-written here in our
+own code on :mod:`mambaseg.models.blocks.nnunet_blocks` and the Mamba-1 block :class:`mambaseg.models.blocks.mamba1.Mamba`. Module names equal upstream's (``encoder.stem``,
 ``encoder.stages``, ``mamba_layer.{norm,mamba}``, ``decoder.{encoder,stages,upsample_layers,seg_layers}``), so an
 upstream ``network_weights`` state dict (``decoder.encoder.*`` duplicates included) loads with ``strict=True``.
 
@@ -33,6 +33,11 @@ upstream's one architectural 3-D difference: **the decoder concatenates the skip
 full-resolution one included (its last BasicResBlock is 2 * 32 -> 32). Tokens are the voxels in (D, H, W)
 row-major order. brats128 (4 -> 4): 42,124,692 parameters, as upstream.
 
+"No-Mamba Base" (``use_mamba=False``, registered as ``umamba_nomamba_3d``): nnU-Net Revisited's (Isensee et al.,
+MICCAI 2024, arXiv:2404.09556) ablation "U-Mamba with the Mamba blocks removed" -- the same network with the
+bottleneck Mamba layer replaced by an identity (no ``mamba_layer`` keys; everything else, keys included, as
+U-Mamba Bot).
+
 Differences, each deliberate:
 
 * ``deep_supervision`` defaults to False (a single logits tensor, as every mambaseg model); upstream's builder
@@ -51,6 +56,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Union
 
 import torch
+import torch.nn as nn
 
 from ..backbone import BackboneMixin
 from ..blocks.nnunet_blocks import block_counts_umamba, init_weights_he, nnunet_plan
@@ -77,6 +83,7 @@ class UMambaBot(NNUNetMambaBase, BackboneMixin):
         deep_supervision: return every decoder stage's logits: True (always, upstream's builder default), False
             (default), or ``"train"`` (in training mode only, as nnU-Net trains and then validates).
         spatial_dims: 2 (default) or 3 (upstream's ``UMambaBot_3d.py``).
+        use_mamba: False builds nnU-Net Revisited's "No-Mamba Base" (the Mamba layer replaced by an identity).
     """
 
     arch_name = "U-Mamba Bot"
@@ -85,7 +92,7 @@ class UMambaBot(NNUNetMambaBase, BackboneMixin):
                  features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence] = None,
                  kernel_sizes: Optional[Sequence] = None, n_conv_per_stage: Optional[Sequence[int]] = None,
                  n_conv_per_stage_decoder: Optional[Sequence[int]] = None, deep_supervision: Union[bool, str] = False,
-                 spatial_dims: int = 2):
+                 spatial_dims: int = 2, use_mamba: bool = True):
         super().__init__()
         if patch_size is None:
             patch_size = 256 if spatial_dims == 2 else "brats128"
@@ -95,7 +102,7 @@ class UMambaBot(NNUNetMambaBase, BackboneMixin):
         n_enc, n_dec = block_counts_umamba(plan.n_conv_encoder, plan.n_conv_decoder)
         self.n_blocks_per_stage, self.n_conv_per_stage_decoder = n_enc, n_dec
         self.encoder = UNetResEncoder(in_channels, plan, n_enc)
-        self.mamba_layer = MambaLayer(dim=plan.features[-1])
+        self.mamba_layer = MambaLayer(dim=plan.features[-1]) if use_mamba else nn.Identity()
         self.decoder = UNetResDecoder(self.encoder, num_classes, plan, n_dec, deep_supervision,
                                       concat_all=plan.spatial_dims == 3)
         n = plan.n_stages
@@ -125,4 +132,20 @@ def umamba_bot(in_channels: int = 3, num_classes: int = 1, **kwargs) -> UMambaBo
 def umamba_bot_3d(in_channels: int = 4, num_classes: int = 4, **kwargs) -> UMambaBot:
     """U-Mamba Bot 3-D, nnU-Net 3d_fullres plan (default brats128: 128^3, 6 stages, 32..320), skip at every decoder
     stage."""
-    return UMambaBot(in_channels=in_channels, num_classes=num_classes, spatial_dims=3, **kwargs)
+    return UMambaBot(in_channels=in_channels, num_classes=num_classes, **_three_d(kwargs, "umamba_bot_3d"))
+
+
+@register_model("umamba_nomamba_3d", paper="nnU-Net Revisited (Isensee et al., 2024, arXiv:2404.09556)",
+                default_size=128, family="baseline", spatial_dims=3)
+def umamba_nomamba_3d(in_channels: int = 4, num_classes: int = 4, **kwargs) -> UMambaBot:
+    """nnU-Net Revisited's "No-Mamba Base": U-Mamba Bot 3-D with the Mamba layer removed (default plan brats128)."""
+    kwargs = _three_d(kwargs, "umamba_nomamba_3d")
+    if kwargs.pop("use_mamba", False):
+        raise ValueError("umamba_nomamba_3d has no Mamba layer; use umamba_bot_3d for U-Mamba Bot")
+    return UMambaBot(in_channels=in_channels, num_classes=num_classes, use_mamba=False, **kwargs)
+
+
+def _three_d(kwargs: dict, name: str) -> dict:
+    if kwargs.get("spatial_dims", 3) != 3:
+        raise ValueError(f"{name} is a 3-D network (spatial_dims=3); use umamba_bot for 2-D")
+    return {**kwargs, "spatial_dims": 3}

@@ -157,4 +157,10 @@ def umamba_enc(in_channels: int = 3, num_classes: int = 1, **kwargs) -> UMambaEn
 def umamba_enc_3d(in_channels: int = 4, num_classes: int = 4, **kwargs) -> UMambaEnc:
     """U-Mamba Enc 3-D, nnU-Net 3d_fullres plan (default brats128), Mamba after every encoder stage; only runs at
     its patch size."""
-    return UMambaEnc(in_channels=in_channels, num_classes=num_classes, spatial_dims=3, **kwargs)
+    return UMambaEnc(in_channels=in_channels, num_classes=num_classes, **_three_d(kwargs))
+
+
+def _three_d(kwargs: dict) -> dict:
+    if kwargs.get("spatial_dims", 3) != 3:
+        raise ValueError("umamba_enc_3d is a 3-D network (spatial_dims=3); use umamba_enc for 2-D")
+    return {**kwargs, "spatial_dims": 3}
