@@ -22,9 +22,9 @@ softmax/argmax or by regions (``regions``: one sigmoid output per region, BraTS 
 the volume's spacing (``meta["spacing"]``, mm) and, with ``nsd_tolerance``, the normalised surface Dice. Validation
 runs every ``trainer.check_val_every_n_epoch`` epochs; ``val/dice`` (per class, or per region) drives selection.
 
-Volume batches of a 2-D network (``image`` of shape (1, D, C, h, w): the slices of one volume after the evaluation transform,
-``mask`` (1, D, H, W) at the original size) are evaluated per volume: slice-wise inference, logits resized back
-to the original slice size, 3D metrics with the volume's spacing.
+Volume batches of a 2-D network (``image`` of shape (1, D, C, h, w): the slices of one volume after the evaluation
+transform, ``mask`` (1, D, H, W) at the original size) are evaluated per volume: slice-wise inference, logits
+resized back to the original slice size, 3D metrics with the volume's spacing.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ preprocessing -> NIfTI with the input's affine and header.
 Inputs (``mambaseg predict --input``): single NIfTI files (3-D: one channel; 4-D: the channels on the last axis, as
 the Decathlon ships them) or folders in any layout of :mod:`mambaseg.data.volumes` (nnU-Net raw, Decathlon, BraTS
 2020/2023 case folders, image/label folders; per-case folders with the reader options the model was trained with);
-a folder that is none of these is read as a flat folder of volumes, one NIfTI file per case. Labelled and unlabelled cases are predicted alike; labels are not read.
+a folder that is none of these is read as a flat folder of volumes, one NIfTI file per case.
+Labelled and unlabelled cases are predicted alike; labels are not read.
 
 Per case, as nnU-Net's predictor: the checkpoint's preprocessing plan (``checkpoint["volumetric"]["plan"]``:
 target spacing, normalisation per channel, CT statistics) is applied (crop to the non-zero region, normalise,

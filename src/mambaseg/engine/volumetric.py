@@ -23,8 +23,8 @@ import torch
 from .errors import MambasegUserError
 from .sliding_window import SLIDING_WINDOW_MODES, logits_to_segmentation, sliding_window_logits
 
-__all__ = ["labels_on_original_grid", "probabilities_to_labels", "SlidingWindowSettings", "spatial_dims_of", "output_layout", "patch_size_of", "check_patch_size",
-           "default_loss", "infer_volume"]
+__all__ = ["labels_on_original_grid", "probabilities_to_labels", "SlidingWindowSettings", "spatial_dims_of",
+           "output_layout", "patch_size_of", "check_patch_size", "default_loss", "infer_volume", "volumetric_info"]
 
 
 def spatial_dims_of(net: Any) -> int:
@@ -35,7 +35,8 @@ def spatial_dims_of(net: Any) -> int:
     return nd
 
 
-def output_layout(num_classes: int, regions: Optional[Sequence[Sequence[int]]]) -> Tuple[int, Optional[List[List[int]]]]:
+def output_layout(num_classes: int,
+                  regions: Optional[Sequence[Sequence[int]]]) -> Tuple[int, Optional[List[List[int]]]]:
     """``(output channels, regions used to decode sigmoid outputs or None for softmax)``."""
     if regions:
         regs = [[int(v) for v in r] for r in regions]
@@ -154,7 +155,8 @@ def volumetric_info(dataset) -> Optional[Dict[str, Any]]:
     nc = int(getattr(base, "num_classes", 2))
     return {"plan": plan_d,
             "label_values": [int(v) for v in (getattr(base, "label_values", None) or range(nc))],
-            "channel_names": [str(c) for c in (getattr(base, "channel_names", None) or [f"ch{i}" for i in range(n_ch)])],
+            "channel_names": [str(c) for c in
+                              (getattr(base, "channel_names", None) or [f"ch{i}" for i in range(n_ch)])],
             "regions": getattr(base, "regions", None), "region_names": getattr(base, "region_names", None)}
 
 

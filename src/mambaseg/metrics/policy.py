@@ -115,7 +115,8 @@ EMPTY_POLICIES: Dict[str, EmptyPolicy] = {
 
 
 def get_empty_policy(policy: Union[str, EmptyPolicy]) -> EmptyPolicy:
-    """Return a preset by name (``vmunet``, ``mamba_unet``, ``monai``, ``nnunet``, ``segmamba``, ``umamba``) or pass a custom policy through."""
+    """Return a preset by name (``vmunet``, ``mamba_unet``, ``monai``, ``nnunet``, ``segmamba``, ``umamba``) or
+    pass a custom policy through."""
     if isinstance(policy, EmptyPolicy):
         return policy
     try:
