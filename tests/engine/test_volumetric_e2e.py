@@ -240,3 +240,14 @@ def test_network_and_data_of_different_dimensionality_are_refused(tiny3d, tmp_pa
                  "--run_dir", str(tmp_path / "b"), *common])
     assert code == 2 and not (tmp_path / "b" / "metrics.csv").exists()
     assert "is a 3-D network but data set 'synthetic-skin' gives 2-D images" in capsys.readouterr().err
+
+
+def test_report_counts_empty_pairs_over_named_regions():
+    """(case, region) pairs: 2 cases x 3 named regions with ET empty in both is 2 of 6, not 'predicts nothing'."""
+    from mambaseg.engine.report import RunRecord, empty_warnings
+
+    summary = {"dice": 0.5, "dice/WT": 0.9, "dice/TC": 0.6, "dice/ET": 0.0, "std/dice/WT": 0.1,
+               "count/cases": 2, "count/pred_empty": 2, "count/both_empty": 0, "count/ref_empty": 0}
+    (w,) = empty_warnings([RunRecord(name="m", run_dir="", summary=summary, rows=[], qualitative=[],
+                                     settings={"empty_policy": "nnunet"})])
+    assert "2 of 6 predictions are empty" in w and "predicts nothing" not in w

@@ -166,7 +166,7 @@ def empty_counts(summary: Dict[str, Any]) -> Optional[Dict[str, int]]:
     if not isinstance(summary, dict) or "count/pred_empty" not in summary:
         return None
     get = lambda k: int(summary.get(k) or 0)
-    n_cls = len([k for k in summary if k.startswith("dice/class_")]) or 1
+    n_cls = len([k for k in summary if k.startswith("dice/")]) or 1  # per class or region: dice/class_1, dice/WT
     return {"pred": get("count/pred_empty") + get("count/both_empty"),
             "ref": get("count/ref_empty") + get("count/both_empty"), "total": get("count/cases") * n_cls}
 
