@@ -33,7 +33,7 @@ DEMO_MODELS = [
 #: the 3-D demo (``--3d``): one model, the config ``demo_3d``
 DEMO_3D_MODELS = [
     ("nnunet_3d", "nnunet_3d", None, [],
-     "nnU-Net plain 3-D U-Net reduced for a CPU (see demo_3d.yaml): widths 8..64, 4 stages, patch 32x32x16, "
+     "nnU-Net plain 3-D U-Net reduced for a CPU (see demo_3d.yaml): widths 8..64, 4 stages, patch 32^3, "
      "20 epochs x 20 iterations (nnU-Net BraTS: 32..320, 6 stages, 128^3, 1000 x 250)"),
 ]
 
@@ -55,6 +55,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _fast_overrides_3d() -> List[str]:
     return ["--trainer.max_epochs", "1", "--data.iterations_per_epoch", "2", "--trainer.check_val_every_n_epoch", "1",
+            "--data.dataset_kwargs", json.dumps({"size": 32, "spacing": [1.0, 1.0, 2.0], "channels": 2,
+                                                 "label_mode": "regions"}),
+            "--data.image_size", "[32, 32, 16]", "--model.model_kwargs",
+            json.dumps({"patch_size": [32, 32, 16], "features_per_stage": [8, 16, 32, 64]}),
             "--data.split_kwargs", json.dumps({"train": {"num_samples": 3}, "val": {"num_samples": 1},
                                                "test": {"num_samples": 2}}),
             "--trainer.log_every_n_steps", "1"]
