@@ -83,7 +83,7 @@ def test_synthetic_bad_arguments():
 def test_registry_names_and_errors():
     names = list_datasets()
     assert set(names) == {"folder", "isic", "polyp", "acdc", "synapse", "nnunet", "nifti", "synthetic-skin",
-                          "synthetic-polyp", "synthetic-cardiac"}
+                          "synthetic-polyp", "synthetic-cardiac", "synthetic-brats", "volumes", "brats", "msd"}
     assert all(isinstance(d, str) and d for d in names.values())
     with pytest.raises(ValueError, match="did you mean 'synthetic-skin'"):
         build_dataset("synthetic_skin")

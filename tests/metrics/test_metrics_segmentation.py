@@ -171,12 +171,12 @@ def test_empty_policy_presets_per_case_values_and_counts(policy, expect):
 
 def test_unknown_policy_and_aggregation_are_rejected():
     with pytest.raises(ValueError, match="empty_policy"):
-        SegmentationMetrics(2, empty_policy="nnunet")
+        SegmentationMetrics(2, empty_policy="nnunet_v1")
     with pytest.raises(ValueError, match="aggregation"):
         SegmentationMetrics(2, aggregation="micro")
     with pytest.raises(ValueError, match="hd95_mode"):
         SegmentationMetrics(2, hd95_mode="p95")
-    assert set(EMPTY_POLICIES) == {"vmunet", "mamba_unet", "monai"}
+    assert set(EMPTY_POLICIES) == {"vmunet", "mamba_unet", "monai", "nnunet", "segmamba", "umamba"}
 
 
 # ------------------------------------------------------------------ DDP

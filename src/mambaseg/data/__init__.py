@@ -24,9 +24,10 @@ from .base import (ConcatSegDataset, DataError, MissingDataError, SegDataset, Vo
                    collate_samples, volume_slices)
 from .check import check_dataset
 from .registry import build_dataset, build_volume_dataset, list_datasets, register_dataset
+from .volumetric import VolumetricDataset
 
 __all__ = [
     "build_dataset", "build_volume_dataset", "list_datasets", "register_dataset",
     "SegDataset", "VolumeDataset", "VolumeSliceDataset", "ConcatSegDataset", "DataError", "MissingDataError",
-    "collate_samples", "volume_slices", "check_dataset",
+    "collate_samples", "volume_slices", "check_dataset", "VolumetricDataset",
 ]

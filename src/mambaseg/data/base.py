@@ -65,6 +65,7 @@ __all__ = [
     "to_sample",
     "volume_slices",
     "collate_samples",
+    "nonfinite_summary",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -623,6 +624,23 @@ def collate_samples(batch: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Collate function keeping ``meta`` as a list of dicts (torch's default collate would transpose it)."""
     return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
             "meta": [b["meta"] for b in batch]}
+
+
+def nonfinite_summary(array) -> Optional[str]:
+    """None when every value of ``array`` is finite, else e.g. ``"3 NaN, 1 +inf voxel(s), the first at (4, 2, 0)"``
+    (integer arrays are always finite)."""
+    a = np.asarray(array)
+    if a.dtype.kind not in "fc":
+        return None
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return None
+    nan = int(np.isnan(a).sum())
+    pos = int(np.isposinf(a).sum())
+    neg = int(np.isneginf(a).sum())
+    parts = [f"{n} {w}" for n, w in ((nan, "NaN"), (pos, "+inf"), (neg, "-inf")) if n]
+    first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), a.shape))
+    return f"{', '.join(parts)} voxel(s), the first at {first}"
 
 
 def warn_once(msg: str):

@@ -42,10 +42,12 @@ class SplitReport:
     split: str
     samples: int = 0
     files: int = 0
-    sizes: Counter = field(default_factory=Counter)      # (H, W) -> number of images / slices
+    sizes: Counter = field(default_factory=Counter)      # (H, W) or (I, J, K) -> number of images / volumes
     classes: Set[int] = field(default_factory=set)        # class indices present in the masks
     problems: List[str] = field(default_factory=list)
     kind: str = ""
+    spacings: Counter = field(default_factory=Counter)   # volumes: spacing (i, j, k) in mm -> number of volumes
+    notes: List[str] = field(default_factory=list)       # said once, not problems (e.g. patches will be padded)
 
     def merge(self, other: "SplitReport") -> None:
         self.samples += other.samples
@@ -53,18 +55,28 @@ class SplitReport:
         self.sizes.update(other.sizes)
         self.classes |= other.classes
         self.problems += other.problems
+        self.spacings.update(other.spacings)
+        self.notes += other.notes
 
     def size_text(self, n: int = 3) -> str:
         if not self.sizes:
             return "-"
         common = self.sizes.most_common(n)
-        s = ", ".join(f"{h}x{w}" + (f" ({c})" if len(self.sizes) > 1 else "") for (h, w), c in common)
+        s = ", ".join("x".join(str(v) for v in size) + (f" ({c})" if len(self.sizes) > 1 else "")
+                      for size, c in common)
         return s + (f", ... ({len(self.sizes)} sizes)" if len(self.sizes) > n else "")
+
+    def spacing_text(self, n: int = 3) -> str:
+        common = self.spacings.most_common(n)
+        s = ", ".join("x".join(f"{v:g}" for v in sp) + (f" ({c})" if len(self.spacings) > 1 else "")
+                      for sp, c in common)
+        return s + (f", ... ({len(self.spacings)} spacings)" if len(self.spacings) > n else "")
 
     def line(self) -> str:
         status = "ok" if not self.problems else f"{len(self.problems)} problem(s)"
         cls = "{" + ", ".join(str(c) for c in sorted(self.classes)) + "}" if self.classes else "-"
-        return (f"{self.split:<14} {self.samples:>7} samples  {self.files:>7} files  sizes {self.size_text()}  "
+        sp = f"  spacings (mm) {self.spacing_text()}" if self.spacings else ""
+        return (f"{self.split:<14} {self.samples:>7} samples  {self.files:>7} files  sizes {self.size_text()}{sp}  "
                 f"classes present {cls}  {status}")
 
 
@@ -88,7 +100,8 @@ class DataReport:
     def summary(self) -> str:
         head = f"data check ({self.mode}) of {self.dataset!r}" + (f" at {self.root}" if self.root else "")
         lines = [head] + ["  " + s.line() for s in self.splits]
-        return "\n".join(lines)
+        notes = list(dict.fromkeys(n for s in self.splits for n in s.notes))
+        return "\n".join(lines + [f"  note: {n}" for n in notes])
 
     def error_message(self, where: str = "", fix: str = "") -> str:
         probs = self.problems
@@ -193,7 +206,15 @@ def _h5_volume_header(path: Path, image_key: str, label_key: str):
     return label.astype(np.int64), shape
 
 
-def _check_volume(src, num_classes: int, full: bool = True):
+def _nifti_shape_safe(path) -> Tuple[int, ...]:
+    from .nifti import nifti_shape
+    try:
+        return nifti_shape(path)
+    except Exception:
+        return ()
+
+
+def _check_volume(src, num_classes: int, full: bool = True, in_channels: Optional[int] = None):
     from functools import partial
 
 
@@ -216,6 +237,13 @@ def _check_volume(src, num_classes: int, full: bool = True):
     nonfinite = nonfinite_summary(image) if image is not None else None
     if nonfinite:
         probs.append(f"volume {src.case_id!r}: image holds non-finite values ({nonfinite})")
+    if in_channels is not None and len(image_shape) == 4 and image_shape[0] != in_channels:
+        files = fn.args[0] if isinstance(fn, partial) and fn.args and isinstance(fn.args[0], list) else []
+        four = [str(f) for f in files if len(_nifti_shape_safe(f)) == 4]
+        what = f" ({', '.join(four)} is 4-D)" if four else ""
+        probs.append(f"volume {src.case_id!r}: {image_shape[0]} channel(s){what} but the data set's first case has "
+                     f"{in_channels}; every case needs the same channels (split a 4-D file into one 3-D file per "
+                     "channel, or give every case the same layout)")
     if tuple(image_shape[1:]) != tuple(mask.shape):
         probs.append(f"volume {src.case_id!r}: image shape {tuple(image_shape[1:])} differs from label shape "
                      f"{tuple(mask.shape)}")
@@ -260,13 +288,16 @@ def check_dataset(ds, mode: str = "header", split: str = "") -> SplitReport:
             sub.problems = [f"[{name}] {p}" for p in sub.problems]
             rep.merge(sub)
         return rep
+    from .volumetric import VolumetricDataset
+    if isinstance(ds, VolumetricDataset):
+        return check_volumetric(ds, mode, split)
     if isinstance(ds, PairedImageDataset):
         _run(_check_pair_files, [(ip, mp, ds, full) for ip, mp in ds.pairs], rep)
         return rep
     if isinstance(ds, VolumeSliceDataset) and not getattr(ds, "generated", False) and \
             type(ds).__module__ != "mambaseg.data.synthetic":
         def vol(src):
-            probs, size, classes, nfiles, depth = _check_volume(src, ds.num_classes, full)
+            probs, size, classes, nfiles, depth = _check_volume(src, ds.num_classes, full, ds.in_channels)
             return probs, size, classes, nfiles
         _run(vol, [(s,) for s in ds.sources], rep)
         rep.samples = len(ds)
@@ -296,3 +327,158 @@ def check_splits(datasets: Dict[str, object], mode: str, dataset: str, root: Opt
         else:
             report.splits.append(check_dataset(ds, mode, name))
     return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# volumetric (3D) data sets
+# --------------------------------------------------------------------------------------------------------------
+def _gzip_complete(path: Path, expected: int) -> bool:
+    """A ``.nii.gz`` whose gzip trailer (ISIZE, the uncompressed size mod 2**32) matches ``expected`` is complete;
+    otherwise the stream is decompressed to the end to be sure (multi-member files, odd writers)."""
+    import gzip
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")
+        if isize == expected % (1 << 32):
+            return True
+        with gzip.open(path, "rb") as g:
+            while g.read(1 << 24):
+                pass
+        return True
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+def _volume_file_problems(path: Path, full: bool):
+    """(header or None, problems) of one NIfTI file: readable, complete, finite (full mode), spacing > 0."""
+    from .base import nonfinite_summary
+    from .nifti import nifti_header, read_nifti_volume
+
+    try:
+        h = nifti_header(path)
+    except DataError as e:
+        return None, [str(e)]
+    probs = []
+    nbytes = int(np.prod(h.shape)) * h.dtype.itemsize
+    offset = int(h.header.get("vox_offset", 352)) if hasattr(h.header, "get") else 352
+    if full:
+        try:
+            v = read_nifti_volume(path)
+            bad = nonfinite_summary(v.array)
+            if bad:
+                probs.append(f"{path} holds NaN or inf values ({bad}); fix or replace the file")
+        except DataError as e:
+            probs.append(str(e))
+    elif str(path).lower().endswith(".gz"):
+        if not _gzip_complete(path, offset + nbytes):
+            probs.append(f"cannot read the voxels of NIfTI file {path} (truncated or corrupt .nii.gz); download or "
+                         "convert it again")
+    elif path.stat().st_size < offset + nbytes:
+        probs.append(f"NIfTI file {path} is truncated ({path.stat().st_size} bytes, the header says "
+                     f"{offset + nbytes}); download or convert it again")
+    if any(float(z) <= 0 for z in h.spacing):
+        probs.append(f"{path}: spacing {tuple(round(float(z), 4) for z in h.spacing)} has a zero or negative "
+                     "value; fix the header's pixdim (nibabel: img.header.set_zooms)")
+    return h, probs
+
+
+def check_volume_case(case, vs, full: bool = False):
+    """Check one case of a :class:`~mambaseg.data.volumes.VolumeSet` without raising: every channel file
+    (readable, complete, 3-D, spacing, NaN/inf in full mode), channels on one grid, the label (readable, on the
+    image's grid, values in the data set's labels). Returns ``(problems, shape, spacing, classes, files)``."""
+    from .nifti import NiftiVolume, read_nifti_volume
+    from .volumes import four_d_message, geometry_mismatch, label_to_index, two_d_message
+
+    probs = list(case.problems)
+    heads = []
+    for f in case.images:
+        if case.problems and not Path(f).exists():
+            continue  # the reader's problem already names it
+        h, p = _volume_file_problems(Path(f), full)
+        probs += p
+        if h is None:
+            continue
+        nd = len(h.shape)
+        if case.four_d:
+            want = vs.in_channels
+            got = h.shape[3] if nd == 4 else 1
+            if nd not in (3, 4) or got != want or (nd == 3 and h.shape[2] == 1):
+                probs.append(f"{f}: shape {h.shape} but the data set declares {want} channel(s) "
+                             f"({', '.join(vs.channel_names)}): a Decathlon image is 4-D (x, y, z, channel)")
+                continue
+        elif nd == 4 and h.shape[3] > 1:
+            probs.append(four_d_message(f, h.shape))
+            continue
+        elif nd == 2 or (nd >= 3 and h.shape[2] == 1):
+            probs.append(two_d_message(f, h.shape))
+            continue
+        heads.append(h)
+    shape = spacing = None
+    if heads:
+        ref = heads[0]
+        shape = tuple(int(s) for s in ref.shape[:3])
+        spacing = tuple(round(float(s), 4) for s in ref.spacing)
+        for h in heads[1:]:
+            why = geometry_mismatch(ref, h)
+            if why is not None:
+                probs.append(f"case {case.case_id!r}: channel file {h.path.name} differs from {ref.path.name} in "
+                             f"{why}; all channels must share one grid")
+    classes = set()
+    if case.label is not None and not (case.problems and not Path(case.label).exists()):
+        try:
+            lv = read_nifti_volume(case.label, label=True)
+            arr = lv.array[..., 0] if lv.array.ndim == 4 and lv.array.shape[3] == 1 else lv.array
+            lv = NiftiVolume(lv.path, arr, lv.affine, lv.spacing, lv.header, arr.shape, lv.dtype)
+            if any(float(z) <= 0 for z in lv.spacing):
+                probs.append(f"{lv.path}: spacing {tuple(round(float(z), 4) for z in lv.spacing)} has a zero or "
+                             "negative value; fix the header's pixdim (nibabel: img.header.set_zooms)")
+            if heads:
+                why = geometry_mismatch(heads[0], lv)
+                if why is not None:
+                    probs.append(f"case {case.case_id!r}: label {lv.path.name} differs from image "
+                                 f"{heads[0].path.name} in {why}; the label must lie on the image's grid")
+            idx = label_to_index(arr, vs.label_values, f"case {case.case_id!r}: label {lv.path}")
+            classes = set(unique_values(idx).tolist())
+        except DataError as e:
+            probs.append(str(e))
+    return probs, shape, spacing, classes, len(case.files)
+
+
+def check_volumetric(ds, mode: str = "header", split: str = "") -> SplitReport:
+    """Check every case of a :class:`~mambaseg.data.volumetric.VolumetricDataset` (all problems, one line each),
+    the data set's own problems (a dataset.json that does not match the files), and note once when the training
+    patch is larger than every volume (they are padded)."""
+    full = mode == "full"
+    vs = ds.volume_set
+    rep = SplitReport(split, kind=f"{type(ds).__name__} ({vs.layout})")
+    if not split or split.split(" ")[0] in ("train", "all"):
+        rep.problems += list(vs.problems)
+    rep.notes += list(getattr(vs, "notes", []))
+    with ThreadPoolExecutor(_workers()) as pool:
+        results = list(pool.map(lambda c: check_volume_case(c, vs, full), ds.cases))
+    for probs, shape, spacing, classes, nfiles in results:
+        rep.problems += probs
+        rep.files += nfiles
+        rep.samples += 1
+        if shape is not None:
+            rep.sizes[shape] += 1
+            rep.spacings[spacing] += 1
+        rep.classes |= classes
+    patch = getattr(ds, "patch_size", None)
+    if patch is not None and rep.sizes:
+        from .preprocess import compute_new_shape
+        target = ds._settings.get("target_spacing") or (ds._plan.target_spacing if ds._plan is not None else None)
+        shapes = list(rep.sizes)
+        if target is not None:
+            sp = next(iter(rep.spacings))
+            shapes = [compute_new_shape(s, sp, target) for s in shapes]
+        if all(any(int(p) > int(d) for p, d in zip(patch, s)) for s in shapes):
+            big = max(shapes, key=lambda s: int(np.prod(s)))
+            rep.notes.append(f"the patch {tuple(int(p) for p in patch)} is larger than every volume (largest "
+                             f"{tuple(big)}); volumes are padded to the patch size")
+    if not full and rep.samples:
+        rep.kind += " (float images: NaN/inf checked with --data.check full)"
+    return rep

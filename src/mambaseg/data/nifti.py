@@ -26,7 +26,8 @@ from .base import DataError, MissingDataError, VolumeSliceDataset, VolumeSource,
 from .hints import reader_arg
 from .folders import split_pairs
 
-__all__ = ["NiftiDataset", "read_nifti", "save_nifti", "nifti_pairs", "NIFTI_EXTENSIONS"]
+__all__ = ["NiftiDataset", "read_nifti", "save_nifti", "nifti_pairs", "NIFTI_EXTENSIONS", "NiftiVolume",
+           "nifti_header", "read_nifti_volume"]
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 NIFTI_LAYOUT = """  root/images/<case>.nii.gz + root/labels/<case>.nii.gz   (also imagesTr/labelsTr, masks, gt; image may end _0000)
@@ -64,6 +65,82 @@ def read_nifti(path, label: bool = False) -> Tuple[np.ndarray, Tuple[float, floa
     arr = arr.astype(np.float32)
     out = arr.transpose(3, 2, 1, 0) if arr.ndim == 4 else arr.transpose(2, 1, 0)
     return np.ascontiguousarray(out), spacing
+
+
+class NiftiVolume:
+    """One NIfTI file read for the volumetric (3D) pipeline: ``array`` in nibabel's voxel order ``(i, j, k[, c])``
+    (no transposition, see VOLUME_CONTRACT), ``affine`` (4x4), ``spacing`` (``get_zooms()[:3]``), ``header``."""
+
+    __slots__ = ("path", "array", "affine", "spacing", "header", "shape", "dtype")
+
+    def __init__(self, path, array, affine, spacing, header, shape, dtype):
+        self.path, self.array, self.affine, self.spacing = Path(path), array, affine, spacing
+        self.header, self.shape, self.dtype = header, shape, dtype
+
+
+def _nib_load(p: Path):
+    import nibabel as nib
+
+    if not p.is_file():
+        raise MissingDataError(f"file not found: {p}")
+    try:
+        if p.stat().st_size == 0:
+            raise DataError(f"NIfTI file {p} is empty (0 bytes)")
+        return nib.load(str(p))
+    except DataError:
+        raise
+    except Exception as e:  # ImageFileError, EOFError, zlib.error, ...
+        raise DataError(f"cannot read NIfTI file {p} (corrupt or not NIfTI: {type(e).__name__}: {e})") from None
+
+
+def _raw_spacing(img, p: Path) -> Tuple[float, float, float]:
+    """``pixdim[1:4]`` as stored: nibabel's header check silently replaces a zero pixdim by 1 (a spacing of zero
+    would then read as 1 mm), so the check and the readers look at the stored values."""
+    from nibabel.openers import ImageOpener
+
+    zooms = tuple(float(z) for z in img.header.get_zooms())
+    nd = min(len(img.shape), 3)
+    try:
+        with ImageOpener(str(p)) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+        pix = [float(x) for x in raw["pixdim"][1:1 + nd]]
+        zooms = tuple(pix) + zooms[nd:]
+    except Exception:
+        pass
+    return (zooms + (1.0, 1.0, 1.0))[:3]
+
+
+def nifti_header(path) -> NiftiVolume:
+    """Header of a NIfTI file (shape, dtype, affine, spacing) without reading the voxels (``array`` is None)."""
+    p = Path(path)
+    img = _nib_load(p)
+    spacing = _raw_spacing(img, p)
+    return NiftiVolume(p, None, np.asarray(img.affine, np.float64), spacing, img.header,
+                       tuple(int(s) for s in img.shape), np.dtype(img.get_data_dtype()))
+
+
+def read_nifti_volume(path, label: bool = False) -> NiftiVolume:
+    """Read a NIfTI file whole, in nibabel's voxel order ``(i, j, k[, c])``. Images become float32, labels int64
+    (they must hold integers). Raises :class:`DataError` naming the file when it is unreadable or truncated."""
+    p = Path(path)
+    img = _nib_load(p)
+    try:
+        arr = np.asanyarray(img.dataobj)
+    except Exception as e:
+        raise DataError(f"cannot read the voxels of NIfTI file {p} (truncated or corrupt: {type(e).__name__}: "
+                        f"{e}); download or convert it again") from None
+    spacing = _raw_spacing(img, p)
+    if label:
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)):
+                raise DataError(f"label {p} holds NaN or inf values")
+            if not np.all(arr == np.round(arr)):
+                raise DataError(f"label {p} holds non-integer values")
+        arr = arr.astype(np.int64)
+    else:
+        arr = arr.astype(np.float32, copy=False)
+    return NiftiVolume(p, arr, np.asarray(img.affine, np.float64), spacing, img.header,
+                       tuple(int(s) for s in arr.shape), np.dtype(img.get_data_dtype()))
 
 
 def nifti_shape(path) -> Tuple[int, ...]:

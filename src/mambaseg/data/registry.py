@@ -13,12 +13,18 @@ name                   reader (``kwargs`` go to it)
 ``synapse``            :func:`~mambaseg.data.synapse.SynapseDataset` (TransUNet npz slices / h5 volumes + lists)
 ``nnunet``             :func:`~mambaseg.data.nnunet.NNUNetDataset` (nnU-Net v2 raw; ``fold=``)
 ``nifti``              :class:`~mambaseg.data.nifti.NiftiDataset` (NIfTI volumes sliced to 2D)
+``volumes``            :class:`~mambaseg.data.volumetric.VolumetricDataset` (3D: nnU-Net raw, Decathlon, BraTS,
+                       per-case folders with ``channels=``/``label=``, recognised; ``spatial_dims=2``: 2D slices)
+``brats``, ``msd``     the same reader, for BraTS folders / a Decathlon task (names only document the layout)
 ``synthetic-skin``     :class:`~mambaseg.data.synthetic.SyntheticSkin` (``num_samples``, ``size``, ``seed``)
 ``synthetic-polyp``    :class:`~mambaseg.data.synthetic.SyntheticPolyp`
 ``synthetic-cardiac``  :class:`~mambaseg.data.synthetic.SyntheticCardiac` (``num_samples`` = volumes, ``depth``)
+``synthetic-brats``    :class:`~mambaseg.data.synthetic3d.SyntheticBraTS` (3D: whole volumes as contract samples;
+                       ``size``, ``spacing``, ``channels``, ``label_mode="labels"|"regions"``; ``transform`` is a
+                       callable ``sample dict -> sample dict``)
 =====================  ===========================================================================================
 
-Volumetric data sets (acdc, synapse, nifti, nnunet with NIfTI files, synthetic-cardiac) return a 2D data set of
+``nnunet`` with ``spatial_dims=3`` gives the 3D data set too. Volumetric data sets (acdc, synapse, nifti, nnunet with NIfTI files, synthetic-cardiac) return a 2D data set of
 slices whose ``.volumes()`` gives whole volumes; :func:`build_volume_dataset` is a shortcut.
 """
 
@@ -126,6 +132,9 @@ def _synapse(root, split, transform, **kw):
 def _nnunet(root, split, transform, **kw):
     from .nnunet import NNUNetDataset
 
+    if int(kw.get("spatial_dims", 2)) == 3:
+        return _volumes(root, split, transform, **kw)
+    kw.pop("spatial_dims", None)
     return NNUNetDataset(root, split=split, transform=transform, **kw)
 
 
@@ -159,13 +168,40 @@ def _syn_cardiac(root, split, transform, **kw):
     return SyntheticCardiac(split=split, transform=transform, **kw)
 
 
+def _volumes(root, split, transform, spatial_dims: int = 3, **kw):
+    from .volumetric import VolumetricDataset, volume_slices_dataset
+
+    if int(spatial_dims) == 2:
+        keep = ("fold", "splits_file", "ratios", "seed", "channels", "label", "labels", "normalization", "cache_size")
+        return volume_slices_dataset(root, split, transform, **{k: v for k, v in kw.items() if k in keep})
+    if int(spatial_dims) != 3:
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return VolumetricDataset(root, split, transform=transform, **kw)
+
+
+register_dataset("volumes", "3D volumes as they ship (nnU-Net v2 raw, Decathlon 4-D, BraTS 2020/2023 folders, "
+                            "per-case folders with channels=/label=), preprocessed as nnU-Net does")(_volumes)
+register_dataset("brats", "BraTS as downloaded (one folder per case, 2013-2020 or 2023 naming), 3D, regions "
+                          "WT/TC/ET")(_volumes)
+register_dataset("msd", "Medical Segmentation Decathlon task (4-D imagesTr, dataset.json), 3D")(_volumes)
+
+
+@register_dataset("synthetic-brats", "generated 3D brain MR-like volumes (2-4 channels) with a nested tumour, "
+                                     "BraTS labels/regions (no download)", needs_root=False)
+def _syn_brats(root, split, transform, **kw):
+    from .synthetic3d import SyntheticBraTS
+
+    return SyntheticBraTS(split=split, transform=transform, **kw)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the keywords each reader takes (a typo, or a key meant for another reader, is one line before anything is read)
 _READERS = {"folder": ("folders", "FolderDataset"), "isic": ("isic", "ISICDataset"),
             "polyp": ("polyp", "build_polyp", "PolypDataset"), "acdc": ("acdc", "ACDCDataset"),
             "synapse": ("synapse", "SynapseDataset"), "nnunet": ("nnunet", "NNUNetDataset"),
             "nifti": ("nifti", "NiftiDataset"), "synthetic-skin": ("synthetic", "SyntheticSkin"),
-            "synthetic-polyp": ("synthetic", "SyntheticPolyp"), "synthetic-cardiac": ("synthetic", "SyntheticCardiac")}
+            "synthetic-polyp": ("synthetic", "SyntheticPolyp"), "synthetic-cardiac": ("synthetic", "SyntheticCardiac"),
+            "synthetic-brats": ("synthetic3d", "SyntheticBraTS")}
 _NOT_KEYWORDS = ("self", "root", "split", "transform")
 
 

@@ -11,6 +11,15 @@ Python use (the same path as ``mambaseg fit``)::
     model = SegmentationModule("vmunet", model_kwargs={"embed_dim": 32}, num_classes=dm.num_classes,
                                in_channels=dm.in_channels, image_size=64)
     pl.Trainer(max_epochs=5).fit(model, dm)
+
+3-D (a model with ``spatial_dims = 3``; patches for training, sliding window on whole volumes)::
+
+    dm = SegDataModule("synthetic-brats", dataset_kwargs={"size": 32, "label_mode": "regions"},
+                       image_size=[32, 32, 32], batch_size=2, iterations_per_epoch=20, val_split="val")
+    model = SegmentationModule("nnunet_3d", model_kwargs={"patch_size": [32, 32, 32]}, num_classes=dm.num_classes,
+                               in_channels=dm.in_channels, image_size=[32, 32, 32], regions=dm.regions,
+                               region_names=dm.region_names)
+    logits = sliding_window_logits(model.net.eval(), volume, (32, 32, 32), overlap=0.5)   # (K, I, J, K)
 """
 
 import importlib
@@ -24,6 +33,8 @@ _EXPORTS = {
     "SegmentationModule": "module", "SELECT_ON": "module", "check_checkpoint_compatible": "module",
     "RunRecord": "report", "EIGHT_METRICS": "report", "format_metrics_table": "report",
     "write_evaluation": "report", "write_report": "report",
+    "sliding_window_logits": "sliding_window", "logits_to_segmentation": "sliding_window",
+    "write_label_nifti": "volume_io",
 }
 
 __all__ = list(_EXPORTS)

@@ -17,6 +17,12 @@ agree, mask values fit; ``check="full"`` decodes every image) and lists every pr
 written (``mambaseg check`` runs the same check alone). ``split=[0.8, 0.1, 0.1]`` splits one flat
 ``images/ + masks/`` folder (Kvasir-SEG as downloaded) by seeded ratios and saves ``split.json`` in the run.
 
+3-D data sets (``spatial_dims == 3`` on the data set: whole preprocessed volumes as contract samples, see
+``VOLUME_CONTRACT.md``): training draws random patches of ``image_size`` (one size per axis) with nnU-Net's
+foreground oversampling and augmentation (``mambaseg.data.patches.PatchDataset``; ``iterations_per_epoch`` batches
+per epoch, label -1 kept for the losses to ignore); validation and test load whole volumes one at a time (the
+module runs the sliding window). The 2-D transforms presets do not apply (``transforms`` is ignored in 3-D).
+
 Shuffling uses a sampler whose order depends only on ``(seed, epoch)``, and each training sample's augmentation is
 seeded from ``(seed, epoch, index)`` where it is loaded (main process or worker, persistent or not), so a run resumed
 from a checkpoint sees the same batches, augmented the same way, as an uninterrupted one, with any ``num_workers``.
@@ -25,7 +31,7 @@ from a checkpoint sees the same batches, augmented the same way, as an uninterru
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import torch
@@ -197,17 +203,24 @@ class SegDataModule(pl.LightningDataModule):
         split: ``[train, val, test]`` ratios (or ``[train, val]``) for a reader of one flat ``images/ + masks/``
             folder (the ``folder`` reader, e.g. Kvasir-SEG as downloaded): a seeded split of the case ids
             (``seed``), saved as ``split.json`` in the run directory; ``val_split`` then defaults to ``"val"``.
+        iterations_per_epoch: 3-D: training batches per epoch (nnU-Net: 250).
+        oversample_foreground: 3-D: share of patches centred on foreground (nnU-Net: 0.33).
+        augmentation: 3-D: ``"nnunet"`` (nnU-Net's spatial + intensity augmentation) or ``None`` (plain crops).
+        region_based: train on the data set's regions when it declares them (BraTS WT/TC/ET: sigmoid outputs, region
+            Dice + BCE, as nnU-Net); ``False`` trains plain softmax over the labels (as SegMamba and nnMamba do).
     """
 
     def __init__(self, dataset: str = "synthetic-skin", root: Optional[str] = None,
                  dataset_kwargs: Optional[Dict[str, Any]] = None,
-                 split_kwargs: Optional[Dict[str, Dict[str, Any]]] = None, image_size: int = 256,
+                 split_kwargs: Optional[Dict[str, Dict[str, Any]]] = None, image_size: Union[int, List[int]] = 256,
                  transforms: Optional[str] = "default", batch_size: int = 8, eval_batch_size: int = 8,
                  num_workers: int = 0, train_split: str = "train", val_split: Optional[str] = None,
                  test_split: Optional[str] = "test", val_fraction: float = 0.1,
                  upstream_select_on_test_split: bool = False, seed: int = 42, drop_last: bool = False,
                  num_classes: Optional[int] = None, in_channels: Optional[int] = None, check: str = "header",
-                 split: Optional[List[float]] = None, split_file: Optional[str] = None):
+                 split: Optional[List[float]] = None, split_file: Optional[str] = None,
+                 iterations_per_epoch: int = 250, oversample_foreground: float = 0.33,
+                 augmentation: Optional[str] = "nnunet", region_based: bool = True):
         super().__init__()
         names = list(list_datasets()) if callable(list_datasets) else []
         names = [n if isinstance(n, str) else getattr(n, "name", str(n)) for n in names]
@@ -244,10 +257,38 @@ class SegDataModule(pl.LightningDataModule):
         self._num_classes = num_classes
         self._in_channels = in_channels
         self._val_split = val_split if val_split is not None or split is None else "val"
+        self._spatial_dims: Optional[int] = None
+        if int(iterations_per_epoch) < 1:
+            raise MambasegUserError(f"iterations_per_epoch must be >= 1; got {iterations_per_epoch}")
+        if not 0.0 <= float(oversample_foreground) <= 1.0:
+            raise MambasegUserError(f"oversample_foreground must lie in [0, 1]; got {oversample_foreground}")
+        if augmentation not in (None, "nnunet"):
+            raise MambasegUserError(f"unknown augmentation {augmentation!r}; choose 'nnunet' or null")
 
     # ----------------------------------------------------------------------------------------------------------
+    @property
+    def spatial_dims(self) -> int:
+        """Spatial axes of the data set's samples (its ``spatial_dims`` attribute; 2 when absent)."""
+        if self._spatial_dims is None:
+            ds = self.build(self.hparams.train_split, train=False, transform=False)
+            self._spatial_dims = int(getattr(ds, "spatial_dims", 2) or 2)
+        return self._spatial_dims
+
+    @property
+    def regions(self) -> Optional[List[List[int]]]:
+        """The data set's regions (region-based training, e.g. BraTS WT/TC/ET), or None."""
+        if not self.hparams.get("region_based", True):
+            return None
+        r = getattr(self._probe(), "regions", None)
+        return None if not r else [[int(v) for v in reg] for reg in r]
+
+    @property
+    def region_names(self) -> Optional[List[str]]:
+        n = getattr(self._probe(), "region_names", None) if self.regions else None
+        return None if not n else [str(v) for v in n]
+
     def _transform(self, train: bool):
-        if self.hparams.transforms is None:
+        if self.hparams.transforms is None or self.spatial_dims == 3:
             return None
         return preset_transforms(self.hparams.transforms, self.hparams.image_size, train,
                                  seed=self.hparams.seed if train else None)
@@ -382,6 +423,8 @@ class SegDataModule(pl.LightningDataModule):
                     raise MambasegUserError(f"upstream_select_on_test_split needs a test split "
                                             f"({data_arg('test_split', 'test')})")
                 val = self.build(hp.test_split, train=False)
+            if self.spatial_dims == 3:
+                train = self._patches(train)
             self._datasets["train"], self._datasets["val"] = train, val
             if len(train) == 0:
                 raise MambasegUserError(f"the {hp.train_split!r} split of {self.dataset_name!r} is empty "
@@ -390,7 +433,24 @@ class SegDataModule(pl.LightningDataModule):
             self._datasets["test"] = self.build(hp.test_split, train=False)
 
     # ----------------------------------------------------------------------------------------------------------
+    def _patches(self, whole: Dataset) -> Dataset:
+        """3-D training: random patches of ``image_size`` from the whole training volumes."""
+        from mambaseg.data.patches import PatchDataset
+        hp = self.hparams
+        base = getattr(whole, "dataset", whole)
+        patch = hp.image_size if isinstance(hp.image_size, (list, tuple)) else [hp.image_size] * 3
+        if len(patch) != 3:
+            raise MambasegUserError(f"{data_arg('image_size', list(patch))}: a 3-D data set needs one patch size "
+                                    f"per axis, e.g. {data_arg('image_size', [64, 64, 64])}")
+        return PatchDataset(whole, patch, batch_size=hp.batch_size, oversample_foreground=hp.oversample_foreground,
+                            samples_per_epoch=int(hp.iterations_per_epoch) * int(hp.batch_size),
+                            augmentation=hp.augmentation, regions=getattr(base, "regions", None),
+                            outside_label=None, seed=hp.seed)
+
     def _eval_loader(self, ds: Dataset) -> DataLoader:
+        if self.spatial_dims == 3:
+            return DataLoader(ds, batch_size=1, shuffle=False, num_workers=self.hparams.num_workers,
+                              collate_fn=collate_cases, persistent_workers=self.hparams.num_workers > 0)
         if _is_volume_dataset(ds):
             ds = VolumeEvalDataset(ds.volumes() if hasattr(ds, "volumes") else ds, ds.transform)
             bs = 1
@@ -401,6 +461,12 @@ class SegDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._datasets["train"]
+        if self.spatial_dims == 3:
+            trainer = getattr(self, "trainer", None)
+            start = int(getattr(trainer, "current_epoch", 0) or 0) if trainer is not None else 0
+            return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=ds.sampler(start_epoch=start),
+                              num_workers=self.hparams.num_workers, collate_fn=collate_cases,
+                              persistent_workers=self.hparams.num_workers > 0)
         sampler = EpochSeededSampler(len(ds), self.hparams.seed, with_epoch=True)
         return DataLoader(EpochSeededSamples(ds, self.hparams.seed), batch_size=self.hparams.batch_size,
                           sampler=sampler,

@@ -15,15 +15,22 @@ classes), which drive model selection (``select_on``). Test computes all eight m
 ``mambaseg.metrics.SegmentationMetrics`` (per case and aggregated as configured) and keeps a few qualitative
 examples; ``self.test_results`` holds them for the run writer.
 
-Volume batches (``image`` of shape (1, D, C, h, w): the slices of one volume after the evaluation transform,
-``mask`` (1, D, H, W) at the original size) are evaluated per volume: slice-wise inference, logits resized back
-to the original slice size, 3D metrics with the volume's spacing.
+3-D networks (``spatial_dims == 3`` on the model, :mod:`mambaseg.engine.volumetric`): training batches are
+patches ``(B, C, I, J, K)`` with masks ``(B, I, J, K)`` (-1 = ignored); validation and test batches are whole
+preprocessed volumes ``(1, C, I, J, K)``, predicted with the sliding window (``sw_*`` settings), decoded by
+softmax/argmax or by regions (``regions``: one sigmoid output per region, BraTS WT/TC/ET), scored per volume with
+the volume's spacing (``meta["spacing"]``, mm) and, with ``nsd_tolerance``, the normalised surface Dice. Validation
+runs every ``trainer.check_val_every_n_epoch`` epochs; ``val/dice`` (per class, or per region) drives selection.
+
+Volume batches of a 2-D network (``image`` of shape (1, D, C, h, w): the slices of one volume after the evaluation
+transform, ``mask`` (1, D, H, W) at the original size) are evaluated per volume: slice-wise inference, logits
+resized back to the original slice size, 3D metrics with the volume's spacing.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -36,11 +43,21 @@ from mambaseg.losses import DeepSupervisionLoss, build_loss
 from mambaseg.metrics import SegmentationMetrics
 from mambaseg.models import create_model
 from mambaseg.models.blocks.nnunet_blocks import deep_supervision_weights
+from mambaseg.models.limits import check_model_memory
 from mambaseg.models.registry import UnknownModelKwargError
 from mambaseg.ops import get_default_backend, resolve_backend, set_default_backend
 
 from .errors import CheckpointMismatchError, MambasegUserError, near_matches
 from .inference import logits_to_labels, predict_logits_2d, predict_volume
+from .volumetric import (
+    SlidingWindowSettings,
+    check_patch_size,
+    default_loss,
+    infer_volume,
+    output_layout,
+    patch_size_of,
+    spatial_dims_of,
+)
 
 __all__ = ["SegmentationModule", "SELECT_ON", "OPTIMIZERS", "SCHEDULERS"]
 
@@ -77,7 +94,11 @@ def nearest_valid_sizes(size: int, divisor: int):
 
 def check_image_size(image_size, divisor, model: str = "the model") -> None:
     """Refuse an input size the network cannot take (H, W must be positive multiples of ``divisor``), naming the
-    nearest valid sizes in the caller's syntax (``--data.image_size 256`` on the command line)."""
+    nearest valid sizes in the caller's syntax (``--data.image_size 256`` on the command line). A 3-D patch
+    (three sizes) is checked per axis against an int or per-axis ``divisor``."""
+    if isinstance(image_size, (list, tuple)) and len(image_size) == 3:
+        check_patch_size(patch_size_of(image_size, 3), divisor, model)
+        return
     _check_size_value(image_size)
     if not divisor:
         return
@@ -158,10 +179,22 @@ class SegmentationModule(pl.LightningModule):
         pretrained: classification checkpoint for the encoder (``create_model(pretrained=...)``).
         scan_backend: selective-scan backend (``mambaseg.ops``); ``None`` = the library default.
         num_qualitative: test cases kept for the qualitative figure.
+        regions: region-based training (BraTS): one list of class indices per sigmoid output, outer -> inner
+            (e.g. ``[[1, 2, 3], [1, 3], [3]]`` = WT, TC, ET); normally linked from the data set.
+        region_names: names of the regions in the metric keys (``dice/WT``).
+        sw_overlap, sw_mode, sw_gaussian, sw_mirror, sw_batch_size: sliding-window inference of 3-D networks
+            (:mod:`mambaseg.engine.sliding_window`): overlap (0.5), window placement and Gaussian of ``"nnunet"``
+            or ``"monai"``, Gaussian weighting, mirroring TTA over all axes, windows per forward pass. The window
+            is ``image_size`` (the training patch).
+        nsd_tolerance: normalised surface Dice tolerance at test time (mm; one value, or one per reported class /
+            region); ``None`` = no NSD.
+        eval_grid: 3-D test: ``"original"`` (default, nnU-Net's final evaluation: predictions brought back to each
+            case's original grid and scored there with the original spacing, when the data set can invert its
+            preprocessing) or ``"preprocessed"`` (score on the resampled grid, as validation does).
     """
 
     def __init__(self, model: str = "unet", model_kwargs: Optional[Dict[str, Any]] = None, num_classes: int = 2,
-                 in_channels: int = 3, image_size: int = 256, preprocess: Optional[str] = None,
+                 in_channels: int = 3, image_size: Union[int, List[int]] = 256, preprocess: Optional[str] = None,
                  loss: Optional[str] = None, loss_kwargs: Optional[Dict[str, Any]] = None,
                  optimizer: str = "adamw", lr: float = 1e-3, weight_decay: float = 1e-2, momentum: float = 0.9,
                  betas: List[float] = (0.9, 0.999), scheduler: str = "cosine", t_max: int = 50,
@@ -169,7 +202,11 @@ class SegmentationModule(pl.LightningModule):
                  threshold: float = 0.5, select_on: str = "val_dice", aggregation: str = "pooled",
                  hd95_mode: str = "medpy", include_background: bool = False, empty_policy: Optional[str] = None,
                  compute_distances: bool = True, eval_original_size: bool = False, slice_batch_size: int = 16,
-                 pretrained: Optional[str] = None, scan_backend: Optional[str] = None, num_qualitative: int = 8):
+                 pretrained: Optional[str] = None, scan_backend: Optional[str] = None, num_qualitative: int = 8,
+                 regions: Optional[List[List[int]]] = None, region_names: Optional[List[str]] = None,
+                 sw_overlap: float = 0.5, sw_mode: str = "nnunet", sw_gaussian: bool = True, sw_mirror: bool = False,
+                 sw_batch_size: int = 1, nsd_tolerance: Optional[Union[float, List[float]]] = None,
+                 eval_grid: str = "original"):
         super().__init__()
         _check_choice("optimizer", optimizer, OPTIMIZERS)
         _check_choice("scheduler", scheduler, SCHEDULERS)
@@ -179,11 +216,19 @@ class SegmentationModule(pl.LightningModule):
         if not 0.0 < threshold < 1.0:
             raise MambasegUserError(f"threshold must be in (0, 1); got {threshold}")
         self.save_hyperparameters()
-        _check_size_value(image_size)
+        _check_choice("eval_grid", eval_grid, ("original", "preprocessed"))
+        if isinstance(nsd_tolerance, (list, tuple)):  # one per reported class / region: checked before training
+            n_rep = len(regions) if regions else max(num_classes, 2) - (0 if include_background else 1)
+            if len(nsd_tolerance) not in (1, n_rep):
+                one, many = ("region", "regions") if regions else ("reported class", "reported classes")
+                raise MambasegUserError(f"model.nsd_tolerance has {len(nsd_tolerance)} values but the data has "
+                                        f"{n_rep} {many}; give one tolerance (mm) per {one} or a single number")
+        self._grid_used = "preprocessed volume (spacing of meta['spacing'])"
+        if not isinstance(image_size, (list, tuple)):
+            _check_size_value(image_size)
         if scan_backend:
             set_default_backend(scan_backend)
-        self.out_channels = 1 if num_classes == 2 else num_classes
-        from mambaseg.models.limits import check_model_memory
+        self.out_channels, self._regions = output_layout(num_classes, regions)
         check_model_memory(model, in_channels, self.out_channels, model_kwargs, where="model")  # before allocating
         try:
             self.net = create_model(model, in_channels=in_channels, num_classes=self.out_channels,
@@ -195,8 +240,21 @@ class SegmentationModule(pl.LightningModule):
                 raise
             raise MambasegUserError(f"model.model_kwargs {dict(model_kwargs)!r} do not fit model {model!r}: {e}"
                                     ) from None
-        check_image_size(image_size, self.net.downsample_factor, model)  # the model contract's size rule
-        self.loss_name = loss or ("bce_dice" if num_classes == 2 else "ce_dice")
+        self.spatial_dims = spatial_dims_of(self.net)
+        if self.spatial_dims == 3:
+            patch = patch_size_of(image_size, 3)
+            check_patch_size(patch, self.net.downsample_factor, model)
+            self.sliding_window = SlidingWindowSettings(patch, overlap=sw_overlap, mode=sw_mode,
+                                                        gaussian=sw_gaussian, mirror=sw_mirror,
+                                                        batch_size=sw_batch_size)
+        else:
+            if isinstance(image_size, (list, tuple)):
+                patch_size_of(image_size, 2)
+            check_image_size(image_size, self.net.downsample_factor, model)
+            self.sliding_window = None
+            if not regions:
+                self._regions = None  # 2-D binary keeps its sigmoid >= threshold rule
+        self.loss_name = loss or default_loss(self.spatial_dims, num_classes, regions)
         self.loss_fn = self._build_loss(self.loss_name, dict(loss_kwargs or {}))
         self.test_results: Optional[Dict[str, Any]] = None
         self._val_counts: Optional[torch.Tensor] = None
@@ -207,7 +265,16 @@ class SegmentationModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------------------
     # building blocks
     def _build_loss(self, name: str, kwargs: Dict[str, Any]):
+        if name == "nnunet_region_dc_bce" and "regions" not in kwargs:
+            kwargs["regions"] = self._regions
         return build_loss(name, self.out_channels if self.out_channels > 1 else 1, **kwargs)
+
+    def _labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, K, *spatial)`` logits -> ``(B, *spatial)`` labels (regions, sigmoid or argmax)."""
+        if self._regions is not None:
+            from .sliding_window import logits_to_segmentation
+            return logits_to_segmentation(logits, self._regions, self.hparams.threshold, channel_axis=1)
+        return logits_to_labels(logits, self.hparams.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -242,6 +309,22 @@ class SegmentationModule(pl.LightningModule):
                  sync_dist=True)
         return loss
 
+    def setup(self, stage: str) -> None:
+        """Refuse a network and data of different dimensionality (one line, before any step)."""
+        trainer = getattr(self, "_trainer", None)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        nd = getattr(dm, "spatial_dims", None) if dm is not None else None
+        if nd is None or int(nd) == self.spatial_dims:
+            return
+        name = getattr(dm, "dataset_name", "the data set")
+        if int(nd) == 3:
+            raise MambasegUserError(
+                f"model {self.hparams.model!r} is a 2-D network but data set {name!r} gives 3-D volumes; use a 3-D "
+                f"network (e.g. --model.model nnunet_3d) or slices of the volumes for a 2-D one "
+                f"(--data.dataset_kwargs '{{\"spatial_dims\": 2}}' where the reader offers it)")
+        raise MambasegUserError(f"model {self.hparams.model!r} is a 3-D network but data set {name!r} gives 2-D "
+                                f"images; use a 2-D network, or a volumetric data set (e.g. brats, volumes)")
+
     def configure_optimizers(self):
         hp = self.hparams
         params = self.net.parameters()
@@ -266,9 +349,9 @@ class SegmentationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------------------------------
     # shared evaluation
-    @staticmethod
-    def _is_volume(batch) -> bool:
-        return batch["image"].dim() == 5
+    def _is_volume(self, batch) -> bool:
+        """A 2-D network's volume batch (the slices of one volume)."""
+        return self.spatial_dims == 2 and batch["image"].dim() == 5
 
     def _infer(self, batch):
         """-> list of (pred_labels, target_labels, case_id, spacing, image_for_display, loss or None)."""
@@ -276,6 +359,8 @@ class SegmentationModule(pl.LightningModule):
         ids = _meta_list(meta, "case_id", image.shape[0])
         spacings = _meta_list(meta, "spacing", image.shape[0])
         out = []
+        if self.spatial_dims == 3:
+            return self._infer_3d(image, mask, ids, spacings, meta)
         if self._is_volume(batch):
             sizes = _meta_list(meta, "original_size", image.shape[0])
             for i in range(image.shape[0]):
@@ -297,26 +382,82 @@ class SegmentationModule(pl.LightningModule):
                 tgt = mask[i] if tgt is None else tgt
                 if tuple(tgt.shape[-2:]) != tuple(lg.shape[-2:]):
                     tgt = F.interpolate(mask[i][None, None].float(), size=lg.shape[-2:], mode="nearest")[0, 0].long()
-                out.append((logits_to_labels(lg, self.hparams.threshold)[0].cpu(), tgt.long().cpu(), ids[i],
+                out.append((self._labels(lg)[0].cpu(), tgt.long().cpu(), ids[i],
                             _spacing(spacings[i]), image[i], loss))
             return out
-        labels = logits_to_labels(logits, self.hparams.threshold)
+        labels = self._labels(logits)
         for i in range(image.shape[0]):
             out.append((labels[i].cpu(), target[i].long().cpu(), ids[i], _spacing(spacings[i]), image[i], loss))
         return out
 
+    def _case_progress(self) -> bool:
+        """A progress bar per test case (whole volumes are slow on a CPU); none during validation."""
+        trainer = getattr(self, "_trainer", None)
+        return bool(trainer is not None and trainer.testing and trainer.progress_bar_callback is not None)
+
+    def _original_case(self, cid):
+        """At test time with ``eval_grid="original"``: ``(image, label)`` of case ``cid`` as stored (the test data
+        set's ``raw_case``), or None when the data set cannot give it (generated sets: their grid is the original)."""
+        trainer = getattr(self, "_trainer", None)
+        if self.hparams.eval_grid != "original" or trainer is None or not trainer.testing:
+            return None
+        ds = (getattr(getattr(trainer, "datamodule", None), "_datasets", None) or {}).get("test")
+        ds = getattr(ds, "dataset", ds)
+        if ds is None or not hasattr(ds, "raw_case") or not hasattr(ds, "case_ids"):
+            return None
+        ids = [str(c) for c in ds.case_ids()]
+        if str(cid) not in ids:
+            return None
+        image, label, _ = ds.raw_case(ids.index(str(cid)))
+        return (image, label) if label is not None else None
+
+    def _infer_3d(self, image, mask, ids, spacings, meta=None):
+        """Whole volumes ``(B, C, I, J, K)``: sliding window per case, loss of the blended logits on the CPU.
+        At test time with ``eval_grid="original"`` and a data set that can invert its preprocessing, the labels
+        are brought back to the case's original grid (probabilities resampled, pasted into the crop box, as
+        nnU-Net exports) and scored against the original label with the original spacing."""
+        if image.dim() != 5:
+            raise MambasegUserError(f"a 3-D model needs volumes (B, C, I, J, K); got a batch of shape "
+                                    f"{tuple(image.shape)} (a 2-D data set given to a 3-D config?)")
+        out = []
+        for i in range(image.shape[0]):
+            logits, labels = infer_volume(self.net, image[i], self.sliding_window, self._regions,
+                                          progress=self._case_progress(), desc=str(ids[i]))
+            tgt = mask[i].long().cpu()
+            loss = self.loss_fn(logits[None], tgt[None]) if tgt.shape == labels.shape else None
+            spacing, shown = _spacing(spacings[i]), image[i]
+            orig = self._original_case(ids[i])
+            m = {k: (v[i] if isinstance(v, list) and len(v) == image.shape[0] else v)
+                 for k, v in (meta or {}).items()}
+            if orig is not None and all(k in m for k in ("crop_bbox", "shape_after_crop", "original_spacing")):
+                from .volumetric import labels_on_original_grid
+                labels = labels_on_original_grid(logits, m, self._regions)
+                tgt = torch.as_tensor(np.asarray(orig[1], np.int64))
+                spacing, shown = _spacing(m["original_spacing"]), torch.as_tensor(np.asarray(orig[0]))
+                self._grid_used = "original (inverse preprocessing, original spacing)"
+            out.append((labels, tgt, ids[i], spacing, shown, loss))
+        return out
+
     # ----------------------------------------------------------------------------------------------------------
     # validation: loss + pooled foreground Dice (cheap, DDP-reduced)
+    def _scored(self):
+        """What ``val/dice`` averages: the foreground classes 1..K-1, or the declared regions."""
+        if self.hparams.regions:
+            return [list(r) for r in self.hparams.regions]
+        return [[c] for c in range(1, max(self.hparams.num_classes, 2))]
+
     def on_validation_epoch_start(self):
-        k = max(self.hparams.num_classes, 2)
+        k = len(self._scored()) + 1
         self._val_counts = torch.zeros(3, k, dtype=torch.float64)
 
     def validation_step(self, batch, batch_idx):
         cases = self._infer(batch)
-        k = self._val_counts.shape[1]
+        scored = self._scored()
         for pred, tgt, *_ in cases:
-            for c in range(1, k):
-                p, t = pred == c, tgt == c
+            for j, members in enumerate(scored):
+                c = j + 1
+                m = torch.tensor(members)
+                p, t = torch.isin(pred, m), torch.isin(tgt, m)
                 self._val_counts[0, c] += float((p & t).sum())
                 self._val_counts[1, c] += float((p & ~t).sum())
                 self._val_counts[2, c] += float((~p & t).sum())
@@ -355,7 +496,11 @@ class SegmentationModule(pl.LightningModule):
                   distributed_available_fn=lambda: False, sync_on_compute=False)
         if hp.empty_policy is not None:
             kw["empty_policy"] = hp.empty_policy
-        return SegmentationMetrics(hp.num_classes, class_names=self._class_names(), **kw)
+        if hp.regions:
+            kw.update(regions=hp.regions, region_names=hp.region_names)
+        if hp.nsd_tolerance is not None and hp.compute_distances:
+            kw["nsd_tolerance"] = hp.nsd_tolerance
+        return SegmentationMetrics(hp.num_classes, class_names=None if hp.regions else self._class_names(), **kw)
 
     def _class_names(self):
         """Label names of the data being scored (the data set's ``class_names``, else the reader's known
@@ -391,7 +536,11 @@ class SegmentationModule(pl.LightningModule):
             else:
                 self._update_metrics(pred, tgt, cid, spacing, subset)
             if len(self._qualitative) < self.hparams.num_qualitative:
-                self._qualitative.append(_qualitative_sample(img, tgt, pred, cid))
+                if self.spatial_dims == 3:  # (C, I, J, K) -> slices along the last axis (K, C, I, J)
+                    img, tgt_q, pred_q = img.permute(3, 0, 1, 2), tgt.permute(2, 0, 1), pred.permute(2, 0, 1)
+                    self._qualitative.append(_qualitative_sample(img, tgt_q, pred_q, cid))
+                else:
+                    self._qualitative.append(_qualitative_sample(img, tgt, pred, cid))
 
     def _update_metrics(self, pred, tgt, cid, spacing, subset=None):
         if pred.dim() == 2 and spacing is not None and len(spacing) == 3:
@@ -446,25 +595,55 @@ class SegmentationModule(pl.LightningModule):
 
     def metric_settings(self) -> Dict[str, Any]:
         hp = self.hparams
-        return {"hd95_mode": hp.hd95_mode, "include_background": hp.include_background,
-                "threshold": hp.threshold, "num_classes": hp.num_classes,
-                "image_size": hp.image_size, "eval_original_size": hp.eval_original_size, "model": hp.model,
-                "scan_backend": _backend_name(get_default_backend, resolve_backend, self.device)}
+        out = {"hd95_mode": hp.hd95_mode, "include_background": hp.include_background,
+               "threshold": hp.threshold, "num_classes": hp.num_classes,
+               "image_size": hp.image_size, "eval_original_size": hp.eval_original_size, "model": hp.model,
+               "scan_backend": _backend_name(get_default_backend, resolve_backend, self.device)}
+        if self.spatial_dims == 3:
+            out.update({"spatial_dims": 3, "sliding_window": self.sliding_window.record(),
+                        "training": "regions (sigmoid)" if hp.regions else (
+                            "binary (sigmoid)" if self.out_channels == 1 else "labels (softmax)"),
+                        "loss": self.loss_name, "grid": self._grid_used})
+        return out
 
     # ----------------------------------------------------------------------------------------------------------
     # predict (Trainer.predict on a loader of images): labels at the input resolution
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         image = batch["image"] if isinstance(batch, dict) else batch
+        if self.spatial_dims == 3:
+            return [infer_volume(self.net, v, self.sliding_window, self._regions)[1] for v in image]
         if image.dim() == 5:
             return [predict_volume(self.net, v, v.shape[-2:], self.hparams.threshold, input_size=self.input_size)
                     for v in image]
         logits = predict_logits_2d(self.net, image, input_size=self.input_size, output_size=image.shape[-2:])
-        return logits_to_labels(logits, self.hparams.threshold)
+        return self._labels(logits)
 
     # ----------------------------------------------------------------------------------------------------------
     # checkpoints: refuse another model / class count with a clear message before any weight is touched
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         check_checkpoint_compatible(checkpoint, self.hparams, where="the checkpoint")
+        if checkpoint.get("volumetric"):
+            self.volumetric_info = checkpoint["volumetric"]
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """3-D: keep what ``predict`` needs to preprocess new volumes as the training ones (plan, label values)."""
+        if self.spatial_dims != 3:
+            return
+        info = getattr(self, "volumetric_info", None)
+        trainer = getattr(self, "_trainer", None)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if info is None and dm is not None and hasattr(dm, "_probe"):
+            from .volumetric import volumetric_info
+            info = volumetric_info(dm._probe())
+            kw = getattr(dm, "dataset_kwargs", None) or {}
+            if info is not None:  # reader options of per-case folders, for predict on the same layout
+                ch = kw.get("channels")
+                info["reader"] = {"channels": list(ch) if isinstance(ch, (list, tuple)) else None,
+                                  "label": kw.get("label") if isinstance(kw.get("label"), str) else None}
+        if info is not None:
+            from .io import to_plain
+            self.volumetric_info = to_plain(info)
+            checkpoint["volumetric"] = self.volumetric_info
 
 
 def check_checkpoint_compatible(checkpoint: Dict[str, Any], hparams, where: str = "the checkpoint") -> None:

@@ -4,6 +4,8 @@
   multi-class ones; ``<out>/overlays/<name>.png``: the prediction blended over the image in colour.
 * NIfTI volumes (``.nii``/``.nii.gz``) -> ``<out>/masks/<case>.nii.gz`` with the input's affine and header
   (slice-wise inference along z, as in training), plus an overlay PNG of the slice with the most foreground.
+* A 3-D model (``spatial_dims == 3``): volumes in any layout, preprocessed as in training, sliding window, inverse
+  preprocessing, NIfTI with the input's affine (:mod:`mambaseg.engine.predict_volumes`).
 
 Every input is preprocessed with the evaluation transform the model was trained with (``preprocess`` preset at
 ``image_size``) and the logits are resized back to the input size. An unreadable input is skipped, listed at the
@@ -76,6 +78,8 @@ def load_module(ckpt: str, device: str = "cpu"):
         raise MambasegUserError(f"checkpoint {ckpt!r} does not fit its own network ({len(missing)} missing, "
                                 f"{len(unexpected)} unexpected weights, e.g. {(list(missing) + list(unexpected))[0]}"
                                 "); it was edited or written by another mambaseg version")
+    if data.get("volumetric"):
+        module.volumetric_info = data["volumetric"]  # 3-D: the preprocessing plan and label values for predict
     module.to(device)
     module.eval()
     return module
@@ -229,6 +233,9 @@ def predict_paths(module, inputs: Sequence[str], out_dir: str, overlays: bool = 
     Unreadable inputs are skipped and listed in ``PredictResult.errors`` and ``<out>/errors.txt``; when no input
     exists at all, ``MambasegUserError`` is raised before anything is written. ``overwrite`` replaces outputs of
     the same name (other files in ``out_dir`` are kept)."""
+    if getattr(module, "spatial_dims", 2) == 3:  # volumes -> sliding window -> NIfTI (engine.predict_volumes)
+        from .predict_volumes import predict_volumes
+        return predict_volumes(module, inputs, out_dir, progress=progress, device=device, overwrite=overwrite)
     hp = module.hparams
     thr = hp.threshold if threshold is None else float(threshold)
     transform = _eval_transform(module)

@@ -200,6 +200,9 @@ class MambaSegCLI(LightningCLI):
         parser.link_arguments("data.transforms", "model.preprocess")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+        # region-based training (BraTS WT/TC/ET): the data set declares its regions (data.region_based picks it)
+        parser.link_arguments("data.regions", "model.regions", apply_on="instantiate")
+        parser.link_arguments("data.region_names", "model.region_names", apply_on="instantiate")
 
     # ----------------------------------------------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:

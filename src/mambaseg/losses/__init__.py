@@ -1,4 +1,6 @@
-"""Segmentation losses taking logits: BCE+Dice, CE+Dice, deep supervision, and a name registry."""
+"""Segmentation losses taking logits: BCE+Dice, CE+Dice, nnU-Net's DC+CE and region DC+BCE (N-D), deep
+supervision, and a name registry."""
+from .nnunet import DiceCELoss, RegionDiceBCELoss, region_targets
 from .segmentation import (
     VMUNETV2_GT_WEIGHTS,
     BceDiceLoss,
@@ -14,7 +16,10 @@ __all__ = [
     "BceDiceLoss",
     "CeDiceLoss",
     "DeepSupervisionLoss",
+    "DiceCELoss",
+    "RegionDiceBCELoss",
     "build_loss",
+    "region_targets",
     "describe_losses",
     "list_losses",
 ]

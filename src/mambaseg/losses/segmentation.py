@@ -258,11 +258,25 @@ def _gt_bce_dice(num_classes: int, weights: Sequence[float] = VMUNETV2_GT_WEIGHT
     return DeepSupervisionLoss(_bce_dice(num_classes, **kw), weights, resize=resize)
 
 
+def _nnunet_dc_ce(num_classes: int, **kw) -> nn.Module:
+    from .nnunet import DiceCELoss
+    return DiceCELoss(num_classes, **kw)
+
+
+def _nnunet_region_dc_bce(num_classes: int, regions=None, **kw) -> nn.Module:
+    from .nnunet import RegionDiceBCELoss, _check_regions
+    return RegionDiceBCELoss(_check_regions(num_classes, regions), **kw)
+
+
 _LOSSES: Dict[str, Tuple[Callable[..., nn.Module], str]] = {
     "bce_dice": (_bce_dice, "BCE + Dice on 1-channel logits (VM-UNet/VM-UNetV2 ISIC & polyp: wb=wd=1, smooth=1)"),
     "ce_dice": (_ce_dice, "CE + softmax Dice over all classes (defaults 0.5/0.5, smooth 1e-5)"),
     "vmunet_synapse": (_vmunet_synapse, "VM-UNet Synapse recipe: CE + Dice with weights 1/1"),
     "mamba_unet": (_mamba_unet, "Mamba-UNet ACDC recipe: 0.5*CE + 0.5*Dice"),
+    "nnunet_dc_ce": (_nnunet_dc_ce, "nnU-Net DC_and_CE: CE + softmax soft Dice without background, smooth 1e-5, "
+                                    "per-sample Dice (batch_dice=False, 3d_fullres), ignore label -1; N-D"),
+    "nnunet_region_dc_bce": (_nnunet_region_dc_bce, "nnU-Net DC_and_BCE for regions (BraTS WT/TC/ET): BCE + sigmoid "
+                                                    "soft Dice per region, needs regions=[[...]], ignore label -1"),
     "gt_bce_dice": (_gt_bce_dice, "VM-UNetV2 GT_BceDiceLoss: BceDice on [final, gt5..gt1] weighted 1,.1,.2,.3,.4,.5"),
 }
 

@@ -3,8 +3,9 @@
 * :func:`confusion` / :func:`scores_from_confusion`: per-class TP/FP/FN/TN counts and DSC, IoU, accuracy,
   precision, sensitivity, specificity.
 * :mod:`~mambaseg.metrics.surface`: Hausdorff, HD95 (``"medpy"`` pooled or ``"monai"`` max-of-directed), ASD
-  (directed, medpy's ``asd``) and ASSD on 2-D/3-D masks with voxel spacing.
-* :mod:`~mambaseg.metrics.policy`: named empty-mask policies (``vmunet``, ``mamba_unet``, ``monai``).
+  (directed, medpy's ``asd``), ASSD and normalised surface Dice (NSD) on 2-D/3-D masks with voxel spacing (mm).
+* :mod:`~mambaseg.metrics.policy`: named empty-mask policies (``vmunet``, ``mamba_unet``, ``monai``, ``nnunet``,
+  ``segmamba``, ``umamba``); every summary names its policy.
 * :class:`SegmentationMetrics`: streaming, DDP-safe accumulator with ``aggregation="pooled"|"per_image"|
   "per_volume"``.
 * :func:`write_summary`: ``per_case.csv`` + ``summary.json``.
@@ -20,6 +21,7 @@ from .surface import (
     average_surface_distance,
     hausdorff_distance,
     hd95,
+    normalized_surface_dice,
     surface_distance_metrics,
     surface_distances,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "hausdorff_distance",
     "hd95",
     "logits_to_labels",
+    "normalized_surface_dice",
     "scores_from_confusion",
     "surface_distance_metrics",
     "surface_distances",

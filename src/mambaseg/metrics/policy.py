@@ -34,14 +34,28 @@ preset         both_empty   pred_empty   ref_empty     zero_division   source
                                                                        warning, when either mask is empty; some
                                                                        MONAI versions give inf for an empty
                                                                        prediction -- we use nan).
+``nnunet``     (nan, nan)   (0, nan)     (0, nan)      nan             nnU-Net v2 ``evaluation/evaluate_predictions``
+                                                                       (``compute_metrics``): Dice/IoU = 2TP/(2TP+
+                                                                       FP+FN) -> nan only when both are empty (means
+                                                                       use nanmean); nnU-Net reports no distances.
+``segmamba``   (0, 50)      (0, 50)      (0, 50)       0               SegMamba ``5_compute_metrics.py``: Dice 0 and
+                                                                       HD95 50 whenever *either* mask is empty,
+                                                                       both-empty included.
+``umamba``     (1, nan)     (0, nan)     (0, nan)      0               U-Mamba abdomen ``evaluation/`` scripts: DSC
+                                                                       and NSD 1 when both are empty, 0 when only
+                                                                       one is; no distances there (nan).
 =============  ===========  ===========  ============  ==============  ============================================
+
+Normalised surface Dice (``nsd``) is an overlap-like score; by default an empty case reports the policy's overlap
+value for it. A policy may set ``nsd`` = ``(both_empty, pred_empty, ref_empty)`` explicitly: ``monai`` does
+(``compute_surface_dice``: nan when both are empty, 0 when only one is).
 
 A custom :class:`EmptyPolicy` can be passed wherever a preset name is accepted.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 __all__ = ["EmptyPolicy", "EMPTY_POLICIES", "get_empty_policy", "empty_case"]
 
@@ -66,6 +80,13 @@ class EmptyPolicy:
     pred_empty: Tuple[float, float]
     ref_empty: Tuple[float, float]
     zero_division: float = 0.0
+    nsd: Optional[Tuple[float, float, float]] = None
+
+    def nsd_value(self, case: str) -> float:
+        """NSD reported for ``case`` (the explicit ``nsd`` triple, else the overlap value)."""
+        if self.nsd is not None:
+            return float(self.nsd[("both_empty", "pred_empty", "ref_empty").index(case)])
+        return float(self.values(case)[0])
 
     def values(self, case: str) -> Tuple[float, float]:
         """``(overlap, distance)`` for ``case`` in ``{"both_empty", "pred_empty", "ref_empty"}``."""
@@ -83,12 +104,19 @@ EMPTY_POLICIES: Dict[str, EmptyPolicy] = {
     "mamba_unet": EmptyPolicy("mamba_unet", both_empty=(0.0, 0.0), pred_empty=(0.0, 0.0), ref_empty=(0.0, NAN),
                               zero_division=0.0),
     "monai": EmptyPolicy("monai", both_empty=(NAN, NAN), pred_empty=(0.0, NAN), ref_empty=(NAN, NAN),
-                         zero_division=NAN),
+                         zero_division=NAN, nsd=(NAN, 0.0, 0.0)),
+    "nnunet": EmptyPolicy("nnunet", both_empty=(NAN, NAN), pred_empty=(0.0, NAN), ref_empty=(0.0, NAN),
+                          zero_division=NAN),
+    "segmamba": EmptyPolicy("segmamba", both_empty=(0.0, 50.0), pred_empty=(0.0, 50.0), ref_empty=(0.0, 50.0),
+                            zero_division=0.0),
+    "umamba": EmptyPolicy("umamba", both_empty=(1.0, NAN), pred_empty=(0.0, NAN), ref_empty=(0.0, NAN),
+                          zero_division=0.0),
 }
 
 
 def get_empty_policy(policy: Union[str, EmptyPolicy]) -> EmptyPolicy:
-    """Return a preset by name (``vmunet``, ``mamba_unet``, ``monai``) or pass a custom policy through."""
+    """Return a preset by name (``vmunet``, ``mamba_unet``, ``monai``, ``nnunet``, ``segmamba``, ``umamba``) or
+    pass a custom policy through."""
     if isinstance(policy, EmptyPolicy):
         return policy
     try:

@@ -20,6 +20,17 @@ Per-case empty masks follow ``empty_policy`` (see :mod:`mambaseg.metrics.policy`
 the means and counted (``count/excluded/<metric>``), and the number of ``both_empty``/``pred_empty``/``ref_empty``
 (case, class) pairs is reported as ``count/<case>``.
 
+Regions (BraTS): with ``regions=[[1, 2, 3], [1, 3], [3]]`` (lists of class indices, e.g. WT, TC, ET of BraTS
+labels remapped to 0..3) every metric is computed per region on the binary masks ``isin(labels, region)`` instead
+of per class; ``region_names`` name them in the keys (``dice/WT``). Label maps stay integer class maps.
+
+Normalised surface Dice: ``nsd_tolerance`` (one number, or one per reported class/region, in the units of the
+spacing -- mm with the header's spacing) adds ``nsd`` (MONAI ``compute_surface_dice`` semantics, see
+:mod:`mambaseg.metrics.surface`).
+
+Spread over cases: for ``per_image``/``per_volume``, ``std/<metric>`` is the standard deviation (numpy ``nanstd``,
+``ddof=0``) over cases of the per-case class mean and ``std/<metric>/<class>`` over cases of each class's value.
+
 Distributed: this is a :class:`torchmetrics.Metric`; all state is one list of per-case rows (``dist_reduce_fx=
 "cat"``), gathered across processes by ``compute()`` and ``per_case()``. Pooled confusion counts are the sums of
 the per-case counts, so they are exact under DDP. Case ids travel as UTF-8 bytes (at most 256 per id).
@@ -35,13 +46,14 @@ from torchmetrics import Metric
 
 from .confusion import CONFUSION_METRICS, check_labels, confusion, scores_from_confusion
 from .policy import EmptyPolicy, empty_case, get_empty_policy
-from .surface import HD95_MODES, _check_spacing, surface_distance_metrics
+from .surface import HD95_MODES, _check_spacing, _check_tolerance, surface_distances
 
 __all__ = ["SegmentationMetrics", "AGGREGATIONS", "DISTANCE_METRICS", "logits_to_labels"]
 
 AGGREGATIONS = ("pooled", "per_image", "per_volume")
 DISTANCE_METRICS = ("hd", "hd95", "asd", "assd")
-_RAW_DIST = ("hd", "hd95_medpy", "hd95_monai", "asd", "assd")
+_RAW_DIST = ("hd", "hd95_medpy", "hd95_monai", "asd", "assd", "nsd")
+_DIST_NAMES = ("hd", "hd95", "hd95_medpy", "hd95_monai", "asd", "assd")
 _ID_BYTES = 256
 _EMPTY_CASES = ("both_empty", "pred_empty", "ref_empty")
 
@@ -85,6 +97,10 @@ class SegmentationMetrics(Metric):
         spacing: default voxel spacing, one value per spatial axis of a case (2 for images, 3 for volumes);
             ``None`` = pixel units, as the upstream evaluations.
         connectivity: erosion connectivity of the surface extraction (1, as medpy and MONAI).
+        class_names: one name per class (background included) for the per-class keys.
+        regions: lists of class indices; metrics are computed per region (see module docstring).
+        region_names: one name per region (default ``region_<i>``).
+        nsd_tolerance: NSD tolerance, one number or one per reported class/region (mm with spacing given).
 
     ``update(pred_labels, target_labels, case_ids=None, spacing=None)``:
         * ``pooled``/``per_image``: ``(B, H, W)`` or ``(H, W)`` integer (or bool) label maps, one case per image.
@@ -115,6 +131,9 @@ class SegmentationMetrics(Metric):
         spacing: Optional[Sequence[float]] = None,
         connectivity: int = 1,
         class_names: Optional[Sequence[str]] = None,
+        regions: Optional[Sequence[Sequence[int]]] = None,
+        region_names: Optional[Sequence[str]] = None,
+        nsd_tolerance: Optional[Union[float, Sequence[float]]] = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -133,17 +152,44 @@ class SegmentationMetrics(Metric):
         self.spatial_ndim = 3 if aggregation == "per_volume" else 2
         self.spacing = None if spacing is None else _check_spacing(spacing, self.spatial_ndim)
         self.connectivity = int(connectivity)
-        self.classes = list(range(0 if self.include_background else 1, self.num_classes))
+        self.regions = None
+        if regions is not None:
+            regs = [[int(v) for v in r] for r in regions]
+            bad = [r for r in regs if not r or any(v < 0 or v >= self.num_classes for v in r)]
+            if not regs or bad:
+                raise ValueError(f"regions must be non-empty lists of class indices in 0..{self.num_classes - 1}, "
+                                 f"got {regions!r}.")
+            self.regions = regs
+            if region_names is not None and len(region_names) != len(regs):
+                raise ValueError(f"region_names has {len(region_names)} entries for {len(regs)} regions.")
+            class_names = [str(n) for n in region_names] if region_names is not None else None
+            self._n = len(regs)
+            self.classes = list(range(self._n))
+        else:
+            self._n = self.num_classes
+            self.classes = list(range(0 if self.include_background else 1, self.num_classes))
         # label names for the per-class keys (``dice/<name>``); None keeps ``dice/class_<k>``
-        if class_names is not None and len(class_names) != self.num_classes:
+        if class_names is not None and len(class_names) != self._n:
             raise ValueError(f"class_names has {len(class_names)} entries for num_classes={self.num_classes} "
                              f"(background included): {list(class_names)}")
         self.class_names = None if class_names is None else [str(c) for c in class_names]
-        c = self.num_classes
+        self.nsd_tolerance = None
+        if nsd_tolerance is not None:
+            if not self.distances:
+                raise ValueError("nsd_tolerance needs distances=True (NSD is a surface metric).")
+            tol = np.atleast_1d(np.asarray(nsd_tolerance, dtype=float)).ravel()
+            if tol.size == 1:
+                tol = np.repeat(tol, len(self.classes))
+            if tol.size != len(self.classes):
+                raise ValueError(f"nsd_tolerance needs one value or one per reported class/region "
+                                 f"({len(self.classes)}), got {tol.size}: {list(tol)}.")
+            self.nsd_tolerance = {k: _check_tolerance(t) for k, t in zip(self.classes, tol)}
+        c = self._n
         self._row_len = c * 4 + c * len(_RAW_DIST) + self.spatial_ndim + _ID_BYTES
         self.add_state("cases", default=[], dist_reduce_fx="cat")
         self.set_dtype(torch.float64)
         self._auto_id = 0
+        self._spacing_per_case = False  # set by update() calls that pass a spacing (volumes: the header's, mm)
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> Dict[str, object]:
@@ -157,8 +203,15 @@ class SegmentationMetrics(Metric):
             "hd95_mode": self.hd95_mode,
             "empty_policy": self.policy.to_dict(),
             "distances": self.distances,
-            "spacing": list(self.spacing) if self.spacing is not None else None,
-            "spacing_unit": "pixels" if self.spacing is None else "as given",
+            "spacing": (list(self.spacing) if self.spacing is not None else
+                        ("per case" if self._spacing_per_case else None)),
+            "spacing_unit": "pixels" if self.spacing is None and not self._spacing_per_case else "as given",
+            "regions": self.regions,
+            "nsd_tolerance": (None if self.nsd_tolerance is None else
+                              {self._cname(k): t for k, t in self.nsd_tolerance.items()}),
+            "nsd_tolerance_unit": None if self.nsd_tolerance is None else (
+                "pixels" if self.spacing is None and not self._spacing_per_case else "as spacing (mm)"),
+            "nsd": "MONAI compute_surface_dice(use_subvoxels=False)" if self.nsd_tolerance else None,
             "surface": f"mask XOR binary_erosion(mask, generate_binary_structure(ndim, {self.connectivity}))",
         }
 
@@ -204,6 +257,8 @@ class SegmentationMetrics(Metric):
             if len(ids) != n:
                 raise ValueError(f"got {len(ids)} case ids for a batch of {n} cases.")
         # spacing per case
+        if spacing is not None:
+            self._spacing_per_case = True
         sp = spacing if spacing is not None else self.spacing
         if sp is None:
             sp_rows = np.ones((n, nd))
@@ -220,17 +275,30 @@ class SegmentationMetrics(Metric):
             rows.append(self._case_row(p[i], t[i], ids[i], sp_rows[i]))
         self.cases.append(torch.cat(rows).to(device=self.device, dtype=torch.float64))
 
+    def _masks(self, x, k: int):
+        if self.regions is None:
+            return x == k
+        r = self.regions[k]
+        return np.isin(x, r) if isinstance(x, np.ndarray) else torch.isin(x, torch.tensor(r, device=x.device))
+
     def _case_row(self, p: torch.Tensor, t: torch.Tensor, case_id: str, sp: np.ndarray) -> torch.Tensor:
-        c = self.num_classes
-        counts = confusion(p, t, c).cpu().to(torch.float64)  # (C, 4)
+        c = self._n
+        if self.regions is None:
+            counts = confusion(p, t, c).cpu().to(torch.float64)  # (C, 4)
+        else:
+            counts = torch.stack([confusion(self._masks(p, k).long(), self._masks(t, k).long(), 2)[1]
+                                  for k in range(c)]).cpu().to(torch.float64)
         dist = torch.full((c, len(_RAW_DIST)), float("nan"), dtype=torch.float64)
         if self.distances:
             pn, tn = p.cpu().numpy(), t.cpu().numpy()
             for k in self.classes:
                 tp, fp, fn = counts[k, 0].item(), counts[k, 1].item(), counts[k, 2].item()
                 if tp + fp > 0 and tp + fn > 0:
-                    m = surface_distance_metrics(pn == k, tn == k, spacing=tuple(sp), connectivity=self.connectivity)
-                    dist[k] = torch.tensor([m[name] for name in _RAW_DIST], dtype=torch.float64)
+                    d = surface_distances(self._masks(pn, k), self._masks(tn, k), spacing=tuple(sp),
+                                          connectivity=self.connectivity)
+                    nsd = d.nsd(self.nsd_tolerance[k]) if self.nsd_tolerance else float("nan")
+                    dist[k] = torch.tensor([d.hd(), d.hd95("medpy"), d.hd95("monai"), d.asd(), d.assd(), nsd],
+                                           dtype=torch.float64)
         raw = case_id.encode("utf-8")
         if len(raw) > _ID_BYTES:
             raise ValueError(f"case id {case_id[:40]!r}... is longer than {_ID_BYTES} UTF-8 bytes; shorten it.")
@@ -248,7 +316,7 @@ class SegmentationMetrics(Metric):
 
     def _decode(self):
         rows = self._rows().numpy()
-        c, nr = self.num_classes, len(_RAW_DIST)
+        c, nr = self._n, len(_RAW_DIST)
         o = 0
         counts = rows[:, o:o + c * 4].reshape(-1, c, 4)
         o += c * 4
@@ -271,8 +339,10 @@ class SegmentationMetrics(Metric):
         if self.distances:
             raw = {name: dist[..., j].copy() for j, name in enumerate(_RAW_DIST)}
             raw["hd95"] = raw["hd95_" + self.hd95_mode].copy()
-            for name in ("hd", "hd95", "hd95_medpy", "hd95_monai", "asd", "assd"):
+            for name in _DIST_NAMES:
                 scores[name] = raw[name]
+            if self.nsd_tolerance:
+                scores["nsd"] = raw["nsd"]
         for case in _EMPTY_CASES:
             m = cases == case
             if not m.any():
@@ -281,14 +351,18 @@ class SegmentationMetrics(Metric):
             scores["dice"][m] = ov
             scores["iou"][m] = ov
             if self.distances:
-                for name in ("hd", "hd95", "hd95_medpy", "hd95_monai", "asd", "assd"):
+                for name in _DIST_NAMES:
                     scores[name][m] = dv
+            if self.nsd_tolerance:
+                scores["nsd"][m] = pol.nsd_value(case)
         return scores, cases
 
     def _metric_names(self) -> List[str]:
         names = list(CONFUSION_METRICS)
         if self.distances:
-            names += ["hd", "hd95", "hd95_medpy", "hd95_monai", "asd", "assd"]
+            names += list(_DIST_NAMES)
+        if self.nsd_tolerance:
+            names.append("nsd")
         return names
 
     # ------------------------------------------------------------------ outputs
@@ -314,6 +388,15 @@ class SegmentationMetrics(Metric):
         for name in names:
             for j, k in enumerate(cls):
                 out[f"{name}/{self._cname(k)}"] = float(per_class[name][j])
+        if self.aggregation != "pooled" and len(cls):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                for name in names:
+                    vals = scores[name][:, cls]
+                    out[f"std/{name}"] = float(np.nanstd(_nanmean(vals, axis=1))) if len(vals) else float("nan")
+                    for j, k in enumerate(cls):
+                        out[f"std/{name}/{self._cname(k)}"] = (float(np.nanstd(vals[:, j])) if len(vals)
+                                                               else float("nan"))
         out["count/cases"] = int(counts.shape[0])
         for case in _EMPTY_CASES:
             out[f"count/{case}"] = int((cases[:, cls] == case).sum())

@@ -18,6 +18,11 @@ Definitions (``A`` = prediction, ``B`` = reference, both boolean arrays of the s
   Both modes use numpy's default linear interpolation (same as ``torch.quantile``). The MONAI value is always
   ``>=`` the medpy value.
 * ``asd``  = ``mean d(A->B)`` -- medpy's ``asd(result, reference)``; directed, prediction to reference.
+* ``nsd(tau)`` = ``(#{d(A->B) <= tau} + #{d(B->A) <= tau}) / (|surface(A)| + |surface(B)|)`` -- the normalised
+  surface Dice at tolerance ``tau`` (in the units of ``spacing``, i.e. mm when the header's spacing is given):
+  MONAI's ``compute_surface_dice(use_subvoxels=False)`` (same surfaces, same Euclidean distance transform,
+  ``<=`` comparison). U-Mamba's DeepMind port weights every surface element by its area instead (MONAI's
+  ``use_subvoxels=True``); that variant is not implemented here.
 * ``assd`` = ``mean(concat(d(A->B), d(B->A)))`` -- the mean of the pooled distances of both directions, as medpy
   >= 0.5 ``assd`` and MONAI ``SurfaceDistanceMetric(symmetric=True)``. (medpy <= 0.4 averaged the two directed
   means instead; the values differ when the two surfaces have different voxel counts.)
@@ -26,6 +31,8 @@ Speed: all work happens on the bounding box of ``A | B``. This is exact, not an 
 box are background in both masks, so cropping changes neither the eroded surfaces (the erosion treats the outside
 as background too) nor Euclidean distances between voxels inside the box. Two erosions and two distance transforms
 per pair, no Python loops over voxels.
+
+All functions work on masks of any number of axes (2-D images and 3-D volumes share this code).
 
 Empty masks: these functions need both masks non-empty and raise :class:`EmptyMaskError` otherwise (medpy raises
 ``RuntimeError``). What a *metric* reports for empty cases is decided by an empty-mask policy, see
@@ -47,6 +54,7 @@ __all__ = [
     "hd95",
     "average_surface_distance",
     "surface_distance_metrics",
+    "normalized_surface_dice",
     "HD95_MODES",
 ]
 
@@ -153,6 +161,24 @@ class DirectedDistances:
     def assd(self) -> float:
         return float(np.concatenate([self.pred_to_ref, self.ref_to_pred]).mean())
 
+    def nsd(self, tolerance: float) -> float:
+        """Normalised surface Dice: the fraction of surface voxels of both masks within ``tolerance``."""
+        tol = _check_tolerance(tolerance)
+        n = self.pred_to_ref.size + self.ref_to_pred.size
+        within = int((self.pred_to_ref <= tol).sum()) + int((self.ref_to_pred <= tol).sum())
+        return float(within / n)
+
+
+def _check_tolerance(tolerance) -> float:
+    try:
+        tol = float(tolerance)
+    except (TypeError, ValueError):
+        raise ValueError(f"NSD tolerance must be a number (mm, or voxels without spacing), got {tolerance!r}.") \
+            from None
+    if not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"NSD tolerance must be finite and >= 0, got {tolerance!r}.")
+    return tol
+
 
 def _surface(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, structure=structure, iterations=1, border_value=0)
@@ -234,3 +260,15 @@ def average_surface_distance(pred, reference, spacing: SpacingLike = None, symme
     """
     d = surface_distances(pred, reference, spacing, connectivity)
     return d.assd() if symmetric else d.asd()
+
+
+def normalized_surface_dice(pred, reference, tolerance: float, spacing: SpacingLike = None,
+                            connectivity: int = 1) -> float:
+    """Normalised surface Dice (NSD) at ``tolerance`` (units of ``spacing``: mm with the header's spacing).
+
+    Equal to MONAI's ``compute_surface_dice(..., class_thresholds=[tolerance], spacing=spacing)`` for one class.
+    Raises :class:`EmptyMaskError` on an empty mask (MONAI: nan when both are empty, 0 when one is; an empty-mask
+    policy decides, see :mod:`mambaseg.metrics.policy`).
+    """
+    tol = _check_tolerance(tolerance)
+    return surface_distances(pred, reference, spacing, connectivity).nsd(tol)
