@@ -168,9 +168,10 @@ def pair_by_stem(images: Sequence[Path], masks: Sequence[Path], mask_suffixes: S
 # ----------------------------------------------------------------------------------------------------------------
 # image / mask decoding
 # ----------------------------------------------------------------------------------------------------------------
-def nonfinite_summary(array) -> Optional[str]:
+def nonfinite_summary(array, locate: bool = False) -> Optional[str]:
     """``None`` when every value of ``array`` (NumPy or torch) is finite, else a short count of what is not, e.g.
-    ``"3 NaN, 1 +inf of 4096 values"``. Integer arrays are finite by construction (nothing is scanned)."""
+    ``"3 NaN, 1 +inf of 4096 values"`` (with ``locate``: ``"..., the first at (4, 2, 0)"``, the index of the first
+    non-finite value). Integer arrays are finite by construction (nothing is scanned)."""
     if hasattr(array, "detach"):  # a torch tensor
         array = array.detach().cpu().float().numpy() if array.dtype.is_floating_point else None
         if array is None:
@@ -184,7 +185,11 @@ def nonfinite_summary(array) -> Optional[str]:
     bad = a[~finite]
     parts = [(int(np.isnan(bad).sum()), "NaN"), (int(np.isposinf(bad).sum()), "+inf"),
              (int(np.isneginf(bad).sum()), "-inf")]
-    return f"{', '.join(f'{n} {w}' for n, w in parts if n)} of {a.size} values"
+    where = ""
+    if locate:
+        first = np.unravel_index(int(np.flatnonzero(~finite.reshape(-1))[0]), a.shape)
+        where = f", the first at {tuple(int(i) for i in first)}"
+    return f"{', '.join(f'{n} {w}' for n, w in parts if n)} of {a.size} values{where}"
 
 
 def _refuse_nonfinite(arr: np.ndarray, path) -> None:
@@ -624,23 +629,6 @@ def collate_samples(batch: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Collate function keeping ``meta`` as a list of dicts (torch's default collate would transpose it)."""
     return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch]),
             "meta": [b["meta"] for b in batch]}
-
-
-def nonfinite_summary(array) -> Optional[str]:
-    """None when every value of ``array`` is finite, else e.g. ``"3 NaN, 1 +inf voxel(s), the first at (4, 2, 0)"``
-    (integer arrays are always finite)."""
-    a = np.asarray(array)
-    if a.dtype.kind not in "fc":
-        return None
-    bad = ~np.isfinite(a)
-    if not bad.any():
-        return None
-    nan = int(np.isnan(a).sum())
-    pos = int(np.isposinf(a).sum())
-    neg = int(np.isneginf(a).sum())
-    parts = [f"{n} {w}" for n, w in ((nan, "NaN"), (pos, "+inf"), (neg, "-inf")) if n]
-    first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), a.shape))
-    return f"{', '.join(parts)} voxel(s), the first at {first}"
 
 
 def warn_once(msg: str):

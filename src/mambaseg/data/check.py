@@ -367,7 +367,7 @@ def _volume_file_problems(path: Path, full: bool):
     if full:
         try:
             v = read_nifti_volume(path)
-            bad = nonfinite_summary(v.array)
+            bad = nonfinite_summary(v.array, locate=True)
             if bad:
                 probs.append(f"{path} holds NaN or inf values ({bad}); fix or replace the file")
         except DataError as e:

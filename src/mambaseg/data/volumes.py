@@ -653,7 +653,7 @@ def load_case(case: VolumeCase, vs: VolumeSet, with_label: bool = True):
                             f"differ in {why}; resample the channels onto one grid")
     from .base import nonfinite_summary
     for v in chans:
-        bad = nonfinite_summary(v.array)
+        bad = nonfinite_summary(v.array, locate=True)
         if bad:
             raise DataError(f"case {case.case_id!r}: {v.path} holds NaN or inf values ({bad}); fix or replace the "
                             "file")

@@ -10,12 +10,21 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from mambaseg.metrics.segmentation import logits_to_labels  # its one home (the metrics' own rule)
+
+
+@dataclass
+class PredictResult:
+    """What a predict run wrote (2D masks or 3D NIfTI), what it skipped and why, and its conversion warnings."""
+    written: List[str] = field(default_factory=list)
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)   # one per kind of input conversion, with its count
 
 __all__ = ["logits_to_labels", "logits_to_probs", "predict_logits_2d", "predict_volume"]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -39,7 +39,7 @@ from mambaseg.data.transforms import preset_transforms
 from mambaseg.models.hub import is_pretrained_folder, not_a_model_folder
 
 from .errors import MambasegUserError
-from .inference import logits_to_labels, predict_logits_2d, predict_volume
+from .inference import PredictResult, logits_to_labels, predict_logits_2d, predict_volume
 from .io import (DiskFullError, UnwritableError, atomic_path, atomic_write_bytes, atomic_write_text,
                  check_mambaseg_checkpoint, load_checkpoint)
 from .module import SegmentationModule
@@ -49,13 +49,6 @@ __all__ = ["PredictResult", "load_module", "collect_inputs", "output_names", "pr
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_EXTS = (".nii.gz", ".nii")
-
-
-@dataclass
-class PredictResult:
-    written: List[str] = field(default_factory=list)
-    errors: List[Tuple[str, str]] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)   # one per kind of input conversion, with its count
 
 
 def load_module(ckpt: str, device: str = "cpu"):

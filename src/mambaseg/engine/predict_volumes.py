@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import MambasegUserError
+from .inference import PredictResult
 
 __all__ = ["predict_volumes"]
 
@@ -101,7 +102,6 @@ def predict_volumes(module, inputs: Sequence[str], out_dir: str, progress: bool 
     from mambaseg.data.preprocess import PreprocessPlan, invert_probabilities, preprocess_case
     from mambaseg.data.volumes import load_case
 
-    from .predict import PredictResult
     from .volume_io import write_label_nifti
     from .volumetric import infer_volume, probabilities_to_labels
 
