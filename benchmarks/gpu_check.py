@@ -1,4 +1,4 @@
-"""The whole GPU check of the GPU issue (part 2), in one run of under 8 minutes on an H100/H200.
+"""The whole GPU check of the GPU issue, in one run of under 10 minutes on an H100/H200.
 
     python3 benchmarks/gpu_check.py --sdist mamba_ssm-2.3.2.post1.tar.gz --out $OUT      # on the GPU machine
     python3 benchmarks/gpu_check.py --rehearse --out /tmp/gpu_rehearsal                  # here, on the CPU
@@ -115,10 +115,10 @@ BF16_RUN = textwrap.dedent("""
 """)
 
 
-# benchmarks/volumetric.py's sliding-window part: one BraTS-sized case at patch 128³ on the GPU; a small case on
+# benchmarks/volumetric_inference.py: one BraTS-sized case at patch 128³ on the GPU; a small case on
 # the CPU for the rehearsal
-SLIDING_GPU = ["--only", "sliding", "--device", "cuda", "--shape", "240,240,155", "--patch", "128"]
-SLIDING_REHEARSE = ["--only", "sliding", "--device", "cpu", "--shape", "40,40,24", "--patch", "32"]
+SLIDING_GPU = ["--device", "cuda", "--shape", "240", "240", "155", "--patch", "128", "--net", "brats128"]
+SLIDING_REHEARSE = ["--device", "cpu", "--shape", "40", "40", "24", "--patch", "32", "--net", "small"]
 
 
 def main(argv=None) -> int:
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
             step(f"3D train step {name}", [py, os.path.join(HERE, "train_step.py"), "--device", "cpu", "--models",
                                            name, "--patch", "32", "--batch3d", "1", "--warmup", "0", "--repeats", "1",
                                            "--dtypes", "bf16"], 600)
-        step("3D sliding window", [py, os.path.join(HERE, "volumetric.py"), *SLIDING_REHEARSE], 600)
+        step("3D sliding window", [py, os.path.join(HERE, "volumetric_inference.py"), *SLIDING_REHEARSE], 600)
     else:
         step("scan benchmark", [py, os.path.join(HERE, "scan.py"), "--device", "cuda", "--batch", "32", "--repeats",
                                 "10", "--backends", "triton,torch" + (",mamba_ssm_ext" if ext_ok else ""),
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
                                                           "cuda", "--models", name, "--patch", "128", "--batch3d",
                                                           "2", "--backend", backend, "--warmup", "2", "--repeats",
                                                           "5", "--dtypes", "bf16", *ext], 90)
-        step("3D sliding window", [py, os.path.join(HERE, "volumetric.py"), *SLIDING_GPU], 120)
+        step("3D sliding window", [py, os.path.join(HERE, "volumetric_inference.py"), *SLIDING_GPU], 120)
 
     lines = [f"# GPU check ({'CPU rehearsal' if a.rehearse else 'GPU'}), {time.perf_counter() - t_all:.0f} s in all",
              "", "| step | exit | s |", "|---|---|---|"]

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from mambaseg.cli.lightning_cli import MambaSegCLI
+from mambaseg.engine.run import MambaSegCLI
 from mambaseg.cli.main import config_dir
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data"))

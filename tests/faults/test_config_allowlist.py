@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import mambaseg.cli.lightning_cli  # noqa: F401  (Lightning's log handlers bind to the session's stderr, not capsys')
+import mambaseg.engine.run  # noqa: F401  (Lightning's log handlers bind to the session's stderr, not capsys')
 from mambaseg.cli.main import main
 
 from _ckpt_helpers import TINY, error_lines

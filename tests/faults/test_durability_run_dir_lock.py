@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-import mambaseg.cli.lightning_cli  # noqa: F401  (Lightning's log handlers bind to the session's stderr, not capsys')
+import mambaseg.engine.run  # noqa: F401  (Lightning's log handlers bind to the session's stderr, not capsys')
 from mambaseg.cli.main import main
 from mambaseg.engine.module import SegmentationModule
 
@@ -130,7 +130,7 @@ def test_second_predict_into_a_busy_out_is_refused(tmp_path, capsys):
 def test_two_evaluations_started_at_once_do_not_share_a_folder(tmp_path, monkeypatch, capsys):
     # `test` writes into a fresh RUN/test, RUN/test-2, ...; two started at once both found RUN/test free. Here the
     # other process holds RUN/test and this one is made to see it free (the race), as the real race would.
-    import mambaseg.cli.lightning_cli as lcli
+    import mambaseg.engine.run as lcli
     from _ckpt_helpers import train_one_epoch
     run = tmp_path / "run"
     train_one_epoch(run)

@@ -3,7 +3,7 @@ logger's ``resume-<date>-<time>`` folder), a number that means nothing. Now the 
 
 import re
 
-import mambaseg.cli.lightning_cli  # noqa: F401  (Lightning's log handlers bind to the session's stderr, not capsys')
+import mambaseg.engine.run  # noqa: F401  (Lightning's log handlers bind to the session's stderr, not capsys')
 
 from _ckpt_helpers import fit, train_one_epoch
 
