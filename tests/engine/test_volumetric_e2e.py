@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 
 from mambaseg.models import registry
+from mambaseg.models.contract import SegmentationNetwork
 
 
-class Tiny3D(nn.Module):
+class Tiny3D(SegmentationNetwork, nn.Module):
     """Two 3x3x3 convolutions; keeps the input size (downsample factor 1)."""
 
     spatial_dims = 3
@@ -33,9 +34,8 @@ class Tiny3D(nn.Module):
 
 @pytest.fixture
 def tiny3d(monkeypatch):
-    registry._ensure_loaded()
     info = registry.ModelInfo("tiny3d_test", lambda **kw: Tiny3D(**{k: kw[k] for k in ("in_channels", "num_classes")}),
-                              "", 16, "cnn", "tiny 3-D test net", {})
+                              "", 16, "cnn", "tiny 3-D test net", {"spatial_dims": 3}, Tiny3D)
     monkeypatch.setitem(registry._REGISTRY, "tiny3d_test", info)
     return "tiny3d_test"
 
@@ -250,4 +250,4 @@ def test_report_counts_empty_pairs_over_named_regions():
                "count/cases": 2, "count/pred_empty": 2, "count/both_empty": 0, "count/ref_empty": 0}
     (w,) = empty_warnings([RunRecord(name="m", run_dir="", summary=summary, rows=[], qualitative=[],
                                      settings={"empty_policy": "nnunet"})])
-    assert "2 of 6 predictions are empty" in w and "predicts nothing" not in w
+    assert "2 of 6 (case, class) predictions are empty" in w and "predicts nothing" not in w

@@ -234,15 +234,21 @@ def _keywords_of(fn) -> tuple:
     return names, open_ended
 
 
-def reader_keywords(name: str) -> Optional[list]:
-    """The keywords the reader of data set ``name`` takes (besides root, split, transform); None if unknown
-    (a reader registered elsewhere, or one that takes any keyword)."""
+# readers whose data set is 3D with ``spatial_dims=3`` (``nnunet``) or by default (``volumes``, ``brats``, ``msd``)
+_READERS_3D = {n: ("volumetric", "VolumetricDataset") for n in ("nnunet", "volumes", "brats", "msd")}
+
+
+def reader_keywords(name: str, spatial_dims: Optional[int] = None) -> Optional[list]:
+    """The keywords the reader of data set ``name`` takes (besides root, split, transform) when it builds a data set
+    with ``spatial_dims`` axes (None: the reader's default); None if unknown (a reader registered elsewhere, one
+    that takes any keyword, or the 2D slices of the volume readers)."""
     import importlib
-    spec = _READERS.get(name)
+    dims = spatial_dims if spatial_dims is not None else (3 if name in ("volumes", "brats", "msd") else 2)
+    spec = _READERS_3D.get(name) if dims == 3 else _READERS.get(name)
     if spec is None:
         return None
     mod = importlib.import_module(f"{__package__}.{spec[0]}")
-    names = []
+    names = ["spatial_dims"] if name in _READERS_3D else []
     for attr in spec[1:]:
         kws, open_ended = _keywords_of(getattr(mod, attr))
         names += [k for k in kws if k not in names]
@@ -253,7 +259,8 @@ def reader_keywords(name: str) -> Optional[list]:
 
 def check_reader_kwargs(name: str, kwargs, where: str = "") -> None:
     """``UnknownReaderKeywordError`` naming the keyword, the reader's valid ones and near matches."""
-    valid = reader_keywords(name)
+    dims = kwargs.get("spatial_dims")
+    valid = reader_keywords(name, None if dims is None else int(dims))
     if valid is None:
         return
     for k in kwargs:

@@ -99,7 +99,7 @@ class UMambaEnc(NNUNetMambaBase, BackboneMixin):
     """
 
     arch_name = "U-Mamba Enc"
-    fixed_input_size = property(lambda self: (self.plan.patch_size,) * 2)  # the plan's size only (contract)
+    fixed_input_size = property(lambda self: self.plan.patch_tuple)  # the plan's size only (contract)
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, patch_size=None,
                  features_per_stage: Optional[Sequence[int]] = None, strides: Optional[Sequence] = None,
