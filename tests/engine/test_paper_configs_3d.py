@@ -26,6 +26,7 @@ FIXTURES = {
     "nnunet_3d_abdomen_ct": lambda r: fx.nnunet_raw(r, n=3, channels=("CT",)),
     "nnunet_3d_abdomen_mr": lambda r: fx.nnunet_raw(r, n=3, channels=("MR",)),
     "segmamba_brats23": lambda r: fx.brats2023(r, n=3),
+    "segmamba_v2_brats23": lambda r: fx.brats2023(r, n=3),
     "nnmamba_brats23": lambda r: fx.brats2023(r, n=3),
     "umamba_bot_3d_abdomen_ct": lambda r: fx.nnunet_raw(r, n=3, channels=("CT",)),
     "umamba_enc_3d_abdomen_ct": lambda r: fx.nnunet_raw(r, n=3, channels=("CT",)),
@@ -39,6 +40,7 @@ FIXTURES = {
 _PLANNED = {"features_per_stage": [4, 8, 16], "deep_supervision": "train"}
 TINY = {
     "segmamba": ([32, 32, 32], {"depths": [1, 1, 1, 1], "feat_size": [48, 16, 16, 16], "hidden_size": 16}),
+    "segmamba_v2": ([32, 32, 32], {"depths": [1, 1, 1, 1], "feat_size": [48, 16, 16, 16], "hidden_size": 16}),
     "nnmamba_ds": ([16, 16, 16], {"channels": 32, "blocks": 2, "deep_supervision": "train"}),
     "lightm_unet_3d": ([16, 16, 16], {"init_filters": 8}),
     "nnunet_3d": ([16, 16, 8], _PLANNED), "umamba_bot_3d": ([16, 16, 8], _PLANNED),
@@ -98,10 +100,23 @@ def test_3d_config_builds_as_fit_does_on_a_fixture(name, tmp_path):
     with torch.no_grad():
         y = m.net(torch.zeros(1, m.hparams.in_channels, *patch))
     assert tuple(y.shape) == (1, m.out_channels, *patch)
+    # a training step's loss as configured (deep-supervision lists included) on a mask with classes 0..3 and the
+    # -1 "outside the crop" voxels of training patches: finite, and it back-propagates
+    m.net.train()
+    g = torch.Generator().manual_seed(0)
+    b = 2 if raw["model"]["model"].startswith("nnmamba") else 1  # BatchNorm at a 1^3 bottleneck needs 2 samples
+    mask = torch.randint(-1, 4, (b, *patch), generator=g)
+    out = m.net(torch.randn(b, m.hparams.in_channels, *patch, generator=g))
+    if raw["model"]["model_kwargs"].get("deep_supervision") == "train":
+        assert isinstance(out, (list, tuple)) and len(out) > 1
+    loss = m._loss(out, mask)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
 
 
 # (in -> out channels as the config's data gives them, parameters measured from upstream: spec 8)
-PAPER_COUNTS = {"segmamba_brats23": (4, 4, 67_416_196), "nnmamba_brats23": (4, 4, 15_859_266),
+PAPER_COUNTS = {"segmamba_brats23": (4, 4, 67_416_196), "segmamba_v2_brats23": (4, 4, 138_776_824),
+                "nnmamba_brats23": (4, 4, 15_859_266),
                 "umamba_bot_3d_abdomen_ct": (1, 14, 41_945_158), "umamba_bot_3d_abdomen_mr": (1, 14, 41_945_158),
                 "umamba_enc_3d_abdomen_ct": (1, 14, 42_842_798), "umamba_enc_3d_abdomen_mr": (1, 14, 42_842_798),
                 "lkm_unet_3d_abdomen_ct": (1, 14, 63_782_246), "lightm_unet_3d_lits": (1, 3, 5_015_766)}
@@ -152,16 +167,15 @@ def test_lkm_config_keeps_upstream_pixel_window_grouping():
     assert got == [(13440, 128), (13440, 32), (1680, 32), (1680, 4), (210, 4), (210, 1)]
 
 
-def test_segmamba_reads_channels_in_its_order_and_scores_as_segmamba(tmp_path):
+@pytest.mark.parametrize("name", ["segmamba_brats23", "segmamba_v2_brats23"])
+def test_segmamba_reads_channels_in_its_order_and_scores_as_segmamba(name, tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     fx.brats2023(root, n=10)
-    raw = _raw("segmamba_brats23")[1]
-    cli = build("segmamba_brats23", {"data.root": str(root), "data.num_workers": 0, "trainer.accelerator": "cpu",
-                                     "data.dataset_kwargs": dict(raw["data"]["dataset_kwargs"],
-                                                                 cache_dir=str(tmp_path / "cache")),
-                                     "data.image_size": [32, 32, 32],
-                                     "model.model_kwargs": TINY["segmamba"][1]}, trainer=False)
+    raw = _raw(name)[1]
+    cli = build(name, {"data.root": str(root), "data.num_workers": 0, "trainer.accelerator": "cpu",
+                       "data.dataset_kwargs": dict(raw["data"]["dataset_kwargs"], cache_dir=str(tmp_path / "cache")),
+                       "data.image_size": [32, 32, 32], "model.model_kwargs": TINY[raw["model"]["model"]][1]}, trainer=False)
     dm = cli.datamodule
     ds = dm.build("train", train=False)
     assert [f.name.split("-")[-1] for f in ds.cases[0].images] == ["t2w.nii.gz", "t2f.nii.gz", "t1n.nii.gz",
@@ -177,6 +191,7 @@ def test_segmamba_reads_channels_in_its_order_and_scores_as_segmamba(tmp_path):
 # optimiser, lr, weight decay, epochs x iterations, batch, patch (i, j, k), loss, mirroring at test time
 RECIPES = {
     "segmamba_brats23": ("sgd", 1e-2, 3e-5, 1000, 250, 2, [128, 128, 128], "nnunet_dc_ce", True),
+    "segmamba_v2_brats23": ("sgd", 1e-2, 3e-5, 1000, 250, 2, [128, 128, 128], "nnunet_dc_ce", True),
     "nnmamba_brats23": ("sgd", 1e-4, 3e-5, 1000, 250, 2, [128, 128, 128], "nnunet_dc_ce", True),
     "umamba_bot_3d_abdomen_ct": ("sgd", 1e-2, 3e-5, 1000, 250, 2, [192, 224, 40], "nnunet_dc_ce", False),
     "umamba_enc_3d_abdomen_ct": ("sgd", 1e-2, 3e-5, 1000, 250, 2, [192, 224, 40], "nnunet_dc_ce", False),
@@ -201,7 +216,7 @@ def test_paper_recipe_numbers(name):
         assert mk["momentum"] == 0.99
     brats = d["dataset"] == "brats"
     assert d.get("region_based", True) is not brats  # SegMamba and nnMamba train softmax classes, not regions
-    if name == "segmamba_brats23":  # plain CE: the Dice term off; whole-crop z-score; 1 mm
+    if name.startswith("segmamba"):  # plain CE: the Dice term off; whole-crop z-score; 1 mm
         assert mk["loss_kwargs"] == {"w_ce": 1.0, "w_dice": 0.0}
         assert d["dataset_kwargs"]["use_mask_for_norm"] is False and d["dataset_kwargs"]["ratios"] == [0.7, 0.1, 0.2]
     elif name == "nnmamba_brats23":
