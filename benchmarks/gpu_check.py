@@ -194,8 +194,9 @@ def main(argv=None) -> int:
                             "64", "--models", "vmunet", "--warmup", "1", "--repeats", "1", "--dtypes", "fp32"], 600)
         step("bf16 training run", [py, "-c", BF16_RUN, SRC, "cpu", "2", "32", "1", "native"], 600)
         for name in ("segmamba", "umamba_bot_3d"):
+            # 64³: the brats128 plan's six stages need at least 2 voxels per axis at the bottom
             step(f"3D train step {name}", [py, os.path.join(HERE, "train_step.py"), "--device", "cpu", "--models",
-                                           name, "--patch", "32", "--batch3d", "1", "--warmup", "0", "--repeats", "1",
+                                           name, "--patch", "64", "--batch3d", "1", "--warmup", "0", "--repeats", "1",
                                            "--dtypes", "bf16"], 600)
         step("3D sliding window", [py, os.path.join(HERE, "volumetric_inference.py"), *SLIDING_REHEARSE], 600)
     else:

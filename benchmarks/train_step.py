@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             peak = f"{torch.cuda.max_memory_allocated(dev) / 2**30:.2f}" if dev.type == "cuda" else "-"
             anchor = ANCHOR_H100.get(name)
             ref = f"{anchor[0 if dt == 'fp32' else 1]:.1f}" if anchor and dev.type == "cuda" else "-"
-            print(f"{name:>14} {size:>5} {dt:>5} | {ips:>8.1f} {ref:>15} | {peak:>8}", flush=True)
+            print(f"{name:>14} {size:>5} {dt:>5} | {ips:>8.3g} {ref:>15} | {peak:>8}", flush=True)
             del model, opt
     return 0
 
