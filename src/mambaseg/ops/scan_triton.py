@@ -5,7 +5,7 @@ steps. Inside a chunk the first-order recurrence ``x_t = a_t x_{t-1} + b_t`` is 
 the (BLOCK_D, N, BLOCK_L) tile with the combine ``(a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2)``; the state
 carried between chunks stays in registers, in fp32 (inputs may be fp16/bf16/fp32).
 
-Backward: the forward stores only the state at the start of each segment of 512 steps (b, d, l / 512, N, like the
+Backward: the forward stores only the state at the start of each segment of 1024 steps (b, d, l / 1024, N, like the
 native kernel's chunks). Segments are visited in reverse; in each, the start states of its chunks are recomputed
 into a small scratch, then its chunks are visited in reverse: the chunk's states are recomputed from its start
 state, the adjoint recurrence
@@ -264,9 +264,9 @@ def _blocks(d, n, l, backward=False):
     return BD, BN, BL
 
 
-SEG_STEPS = 512
+SEG_STEPS = 1024
 """Steps between the backward's checkpoints (as the native kernel's chunks, ``scan_native.CHUNK``): the forward
-stores the state only at the start of every segment of ``SEG_STEPS // BLOCK_L`` chunks, (b, d, l / 512, n)
+stores the state only at the start of every segment of ``SEG_STEPS // BLOCK_L`` chunks, (b, d, l / 1024, n)
 instead of one state per 16-step chunk, which at n = 16 was as large as u itself; the backward recomputes a
 segment's chunk start states into a small per-program scratch (b, d, SEG_STEPS // BLOCK_L, n), then walks its
 chunks last to first."""
