@@ -233,7 +233,8 @@ def read_training_checkpoint(ckpt: Union[str, os.PathLike]) -> Dict[str, Any]:
 def network_from_checkpoint(data: Dict[str, Any]) -> nn.Module:
     """The network (``create_model``) of a training checkpoint with its weights, eval mode."""
     hp = dict(data["hyper_parameters"])
-    out_ch = 1 if int(hp.get("num_classes", 2)) == 2 else int(hp["num_classes"])
+    from mambaseg.engine.volumetric import output_layout  # one output per region (BraTS WT/TC/ET), as in training
+    out_ch = output_layout(int(hp.get("num_classes", 2)), hp.get("regions"))[0]
     from mambaseg.models.limits import check_model_memory
     check_model_memory(hp.get("model", "unet"), int(hp.get("in_channels", 3)), out_ch, hp.get("model_kwargs"),
                        where="the checkpoint's model")
@@ -242,6 +243,15 @@ def network_from_checkpoint(data: Dict[str, Any]) -> nn.Module:
     sd = {k[len("net."):]: v for k, v in data["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(sd, strict=True)
     return net.eval()
+
+
+def _checkpoint_size(hp: Dict[str, Any], net: nn.Module) -> Optional[Tuple[int, ...]]:
+    """The training input size of a checkpoint, one int per spatial axis of its network (an int ``image_size`` is a
+    square, or a cube for a 3-D network); None when the checkpoint names none."""
+    s = hp.get("image_size")
+    if s is None:
+        return None
+    return _size2(s, int(getattr(net, "spatial_dims", 2)))
 
 
 def _class_names(hp: Dict[str, Any], dm: Dict[str, Any]) -> Optional[Sequence[str]]:
@@ -322,6 +332,10 @@ def checkpoint_to_folder(ckpt: Union[str, os.PathLike], out: Union[str, os.PathL
     n_labels = int(hp.get("num_classes", 2))
     if not names or len(names) != n_labels:
         names = ["background"] + [f"class_{k}" for k in range(1, n_labels)]
+    if hp.get("regions"):  # region outputs (sigmoid each): the folder's outputs are named by the regions
+        regs = hp["regions"]
+        rn = list(hp.get("region_names") or [])
+        names = rn if len(rn) == len(regs) else [f"region_{k}" for k in range(len(regs))]
     run_dir = Path(ckpt).resolve().parent.parent
     run_dir = run_dir if (run_dir / "checkpoints").is_dir() else None
     preprocessing = {"preset": hp.get("preprocess"), "image_size": hp.get("image_size")}
@@ -329,9 +343,11 @@ def checkpoint_to_folder(ckpt: Union[str, os.PathLike], out: Union[str, os.PathL
                 "global_step": data.get("global_step"),
                 "hyper_parameters": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, bool, list,
                                                                                    dict, type(None)))}}
+    if data.get("volumetric"):  # 3-D: the preprocessing plan and label values predict needs (as the checkpoint)
+        training["volumetric"] = data["volumetric"]
     card = model_card(hp.get("model", "model"), hp, dm, run_dir, str(ckpt), names)
     from mambaseg.models.hub import CONFIG_NAME, WEIGHTS_NAME
     with _leave_nothing(out, [out / CONFIG_NAME, out / WEIGHTS_NAME, out / "README.md"], "the pretrained folder"):
-        return save_pretrained(net, out, input_size=hp.get("image_size"), preprocessing=preprocessing,
+        return save_pretrained(net, out, input_size=_checkpoint_size(hp, net), preprocessing=preprocessing,
                                class_names=names, threshold=hp.get("threshold", 0.5), training=training,
                                model_card=card, overwrite=overwrite)

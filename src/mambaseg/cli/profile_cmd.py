@@ -50,9 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "latency.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="registered model name (see `mambaseg models`)")
-    p.add_argument("--size", type=_positive, default=None,
-                   help="input side: a square image, a cube for 3-D models (default: the model's paper size, "
-                        "e.g. 256, 224, or 128 for 3-D)")
+    p.add_argument("--size", type=_positive, nargs="+", default=None, metavar="N",
+                   help="input side: N (a square image, a cube for 3-D models), H W, or D H W for a 3-D model "
+                        "(default: the model's paper size, e.g. 256, 224, or 128 for 3-D)")
     p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
     p.add_argument("--device", default="cpu", help="device for the latency measurement: cpu or cuda[:i]")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
@@ -99,9 +99,14 @@ def run(args) -> int:
         args.dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.precision]
     from ..models.limits import check_input_size
     try:
-        if args.size is not None:  # an absurd size is refused before allocating, with the number
-            check_input_size([args.size, args.size], "--size", args.in_channels, args.num_classes, args.batch)
-        prof = profile_model(args.model, size=args.size, batch=args.batch, device=args.device, dtype=args.dtype,
+        size = args.size
+        if size is not None:  # an absurd size is refused before allocating, with the number
+            if len(size) > 3:
+                raise ValueError(f"--size takes N, H W, or D H W for a 3-D model, got {' '.join(map(str, size))}")
+            check_input_size(list(size) * (2 if len(size) == 1 else 1), "--size", args.in_channels,
+                             args.num_classes, args.batch)
+            size = size[0] if len(size) == 1 else tuple(size)
+        prof = profile_model(args.model, size=size, batch=args.batch, device=args.device, dtype=args.dtype,
                              in_channels=args.in_channels, num_classes=args.num_classes, conventions=conventions,
                              used_params=not args.no_used, latency=not args.no_latency, warmup=args.warmup,
                              repeats=args.repeats)
