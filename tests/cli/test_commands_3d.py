@@ -136,3 +136,20 @@ def test_compare_two_3d_networks_with_paired_tests_on_cases(tmp_path):
     diffs = [per["nnunet_resenc_3d"][c] - per["nnunet_3d"][c] for c in per["nnunet_3d"]]
     assert float(tests["dice"]["mean_diff"]) == pytest.approx(float(np.mean(diffs)), abs=1e-9)
     assert "| nnunet_resenc_3d |" in (out / "report.md").read_text()
+
+
+def test_profile_a_3d_config_uses_its_network_patch_channels_and_regions(capsys):
+    """``profile --config demo_3d``: the config's nnU-Net plan at its 32^3 patch, 4 channels of synthetic-brats and
+    3 region outputs (WT, TC, ET): the parameters of the network the config trains."""
+    import yaml
+
+    from mambaseg.engine.configs import resolve_config_path
+    from mambaseg.models import create_model
+    assert main(["profile", "--config", "demo_3d", "--no-latency", "--no-used", "--conventions", "", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["model"] == "nnunet_3d" and p["input_shape"] == [1, 4, 32, 32, 32]
+    kw = yaml.safe_load(open(resolve_config_path("demo_3d")))["model"]["model_kwargs"]
+    net = create_model("nnunet_3d", in_channels=4, num_classes=3, **kw)
+    assert p["params"]["total"] == sum(t.numel() for t in net.parameters())
+    assert main(["profile", "--no-latency"]) == 2
+    assert "name a model" in capsys.readouterr().err
