@@ -125,16 +125,21 @@ def test_compare_two_3d_networks_with_paired_tests_on_cases(tmp_path):
                  "--trainer.check_val_every_n_epoch", "1"]) == 0
     with open(out / "paired_tests.csv") as f:
         tests = {r["metric"]: r for r in csv.DictReader(f)}
-    assert set(tests) == {"dice", "hd95"}
-    assert all(r["model"] == "nnunet_resenc_3d" and r["reference"] == "nnunet_3d" and int(r["n"]) == 3
-               for r in tests.values())
+    # the class mean and each BraTS region (WT / TC / ET), Dice and HD95, Holm-corrected over the 8 tests
+    assert set(tests) == {f"{m}{r}" for m in ("dice", "hd95") for r in ("", "/WT", "/TC", "/ET")}
+    assert all(r["model"] == "nnunet_resenc_3d" and r["reference"] == "nnunet_3d" for r in tests.values())
+    assert int(tests["dice"]["n"]) == int(tests["dice/WT"]["n"]) == 3
     # the paired differences are those of the two runs' per-case CSVs (3 test volumes each)
     per = {}
     for m in ("nnunet_3d", "nnunet_resenc_3d"):
         with open(out / "runs" / m / "seed0" / "test" / "per_case.csv") as f:
-            per[m] = {r["case_id"]: float(r["dice"]) for r in csv.DictReader(f)}
-    diffs = [per["nnunet_resenc_3d"][c] - per["nnunet_3d"][c] for c in per["nnunet_3d"]]
-    assert float(tests["dice"]["mean_diff"]) == pytest.approx(float(np.mean(diffs)), abs=1e-9)
+            per[m] = {r["case_id"]: r for r in csv.DictReader(f)}
+    for key in ("dice", "dice/WT", "hd95/WT"):
+        diffs = [float(per["nnunet_resenc_3d"][c][key]) - float(per["nnunet_3d"][c][key]) for c in per["nnunet_3d"]]
+        if all(np.isfinite(diffs)):
+            assert float(tests[key]["mean_diff"]) == pytest.approx(float(np.mean(diffs)), abs=1e-9)
+    with open(out / "per_case_mean.csv") as f:
+        assert next(csv.reader(f))[:5] == ["model", "case_id", "dice", "hd95", "dice/WT"]
     assert "| nnunet_resenc_3d |" in (out / "report.md").read_text()
 
 
