@@ -7,6 +7,7 @@ Tiny settings (as ``tests/engine/test_volumetric_e2e.py``): synthetic-brats volu
 iteration. Oracles: the rebuilt PyTorch network (ONNX, folder), the checkpoint's own predictions (folder), the
 input's affine (NIfTI), the linearity of a convolutional net's MACs in the number of voxels (profile)."""
 import csv
+import importlib.util
 import json
 
 import nibabel as nib
@@ -81,7 +82,7 @@ def test_export_3d_onnx_at_the_checkpoint_size_and_size_rules(run3d, tmp_path, c
     assert "3-D network; give N or D H W" in err and not (tmp_path / "two.onnx").exists()
 
 
-def test_export_3d_folder_predicts_as_the_checkpoint(run3d, volume, tmp_path):
+def test_export_3d_folder_predicts_as_the_checkpoint(run3d, volume, tmp_path, capsys):
     from mambaseg.models import from_pretrained
     ckpt = str(run3d / "checkpoints" / "best.ckpt")
     folder = tmp_path / "folder"
@@ -89,6 +90,9 @@ def test_export_3d_folder_predicts_as_the_checkpoint(run3d, volume, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["input_size"] == [16, 16, 8] and cfg["class_names"] == ["WT", "TC", "ET"]
     assert cfg["training"]["volumetric"]["plan"]["target_spacing"] == [1.0, 1.0, 2.0]
+    assert "one sigmoid per region (WT = classes [1, 2, 3]" in cfg["output"]
+    card = (folder / "README.md").read_text()
+    assert "logits (B, C, I, J, K)" in card and "--input volumes/" in card and "at [1.0, 1.0, 2.0] mm" in card
     assert from_pretrained(folder).spatial_dims == 3
     src, affine = volume
     assert main(["predict", "--ckpt", ckpt, "--input", str(src), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
@@ -98,6 +102,9 @@ def test_export_3d_folder_predicts_as_the_checkpoint(run3d, volume, tmp_path):
     assert b.shape == (16, 16, 8)
     np.testing.assert_allclose(b.affine, affine, atol=1e-5)
     assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+    if importlib.util.find_spec("onnxruntime"):  # the folder exports to ONNX at its (D, H, W) size too
+        assert main(["export", "--ckpt", str(folder), "--out", str(tmp_path / "f.onnx")]) == 0
+        assert "input (batch, 2, 16, 16, 8)" in capsys.readouterr().out
 
 
 def test_profile_3d_takes_one_size_per_axis(capsys):
