@@ -121,6 +121,9 @@ def test_profile_3d_takes_one_size_per_axis(capsys):
     assert "3-D network; give one size (a cube) or 3 sizes" in capsys.readouterr().err
     assert main(["profile", "unet", "--size", "32", "32", "32", *common]) == 2
     assert "2-D network" in capsys.readouterr().err
+    # one side of a 3-D model is a cube: an absurd one is refused by its volume, before allocating it
+    assert main(["profile", "nnunet_3d", "--size", "3000", *common]) == 2
+    assert "--size 3000x3000x3000 needs at least" in capsys.readouterr().err
 
 
 def test_compare_two_3d_networks_with_paired_tests_on_cases(tmp_path):

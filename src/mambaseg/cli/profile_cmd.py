@@ -81,6 +81,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _spatial_dims(model: str) -> int:
+    """The registered model's number of spatial axes (2 for a name the registry does not know: its own error
+    comes later)."""
+    try:
+        from ..models.registry import model_info
+        return int(model_info(model).extra.get("spatial_dims", 2))
+    except Exception:  # noqa: BLE001
+        return 2
+
+
 def _from_config(args) -> dict:
     """Fill ``args`` (model, size, channels, outputs) from ``--config`` where the command line leaves them out;
     returns the config's model_kwargs. The data set gives the channels and outputs (one per region for
@@ -143,8 +153,8 @@ def run(args) -> int:
         if size is not None:  # an absurd size is refused before allocating, with the number
             if len(size) > 3:
                 raise ValueError(f"--size takes N, H W, or D H W for a 3-D model, got {' '.join(map(str, size))}")
-            check_input_size(list(size) * (2 if len(size) == 1 else 1), "--size", args.in_channels,
-                             args.num_classes, args.batch)
+            check_input_size(list(size) * (_spatial_dims(args.model) if len(size) == 1 else 1), "--size",
+                             args.in_channels, args.num_classes, args.batch)
             size = size[0] if len(size) == 1 else tuple(size)
         prof = profile_model(args.model, size=size, batch=args.batch, device=args.device, dtype=args.dtype,
                              in_channels=args.in_channels, num_classes=args.num_classes, conventions=conventions,
