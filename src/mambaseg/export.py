@@ -233,7 +233,8 @@ def read_training_checkpoint(ckpt: Union[str, os.PathLike]) -> Dict[str, Any]:
 def network_from_checkpoint(data: Dict[str, Any]) -> nn.Module:
     """The network (``create_model``) of a training checkpoint with its weights, eval mode."""
     hp = dict(data["hyper_parameters"])
-    out_ch = 1 if int(hp.get("num_classes", 2)) == 2 else int(hp["num_classes"])
+    from mambaseg.engine.volumetric import output_layout  # one output per region (BraTS WT/TC/ET), as in training
+    out_ch = output_layout(int(hp.get("num_classes", 2)), hp.get("regions"))[0]
     from mambaseg.models.limits import check_model_memory
     check_model_memory(hp.get("model", "unet"), int(hp.get("in_channels", 3)), out_ch, hp.get("model_kwargs"),
                        where="the checkpoint's model")
@@ -242,6 +243,27 @@ def network_from_checkpoint(data: Dict[str, Any]) -> nn.Module:
     sd = {k[len("net."):]: v for k, v in data["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(sd, strict=True)
     return net.eval()
+
+
+def _checkpoint_size(hp: Dict[str, Any], net: nn.Module) -> Optional[Tuple[int, ...]]:
+    """The training input size of a checkpoint, one int per spatial axis of its network (an int ``image_size`` is a
+    square, or a cube for a 3-D network); None when the checkpoint names none."""
+    s = hp.get("image_size")
+    if s is None:
+        return None
+    return _size2(s, int(getattr(net, "spatial_dims", 2)))
+
+
+def _output_rule(hp: Dict[str, Any]) -> Optional[str]:
+    """How a region-based network's logits become labels (None: the default sigmoid / softmax rule)."""
+    regs = hp.get("regions")
+    if not regs:
+        return None
+    names = list(hp.get("region_names") or [f"region_{k}" for k in range(len(regs))])
+    parts = ", ".join(f"{n} = classes {list(r)}" for n, r in zip(names, regs))
+    return (f"logits, one sigmoid per region ({parts}); labels as nnU-Net: for each region in order (outer to "
+            f"inner, inner ones overwrite), voxels with sigmoid > {hp.get('threshold', 0.5)} get its label "
+            f"(mambaseg.engine.sliding_window.logits_to_segmentation)")
 
 
 def _class_names(hp: Dict[str, Any], dm: Dict[str, Any]) -> Optional[Sequence[str]]:
@@ -256,21 +278,39 @@ def _fmt(v) -> str:
 
 
 def model_card(name: str, hp: Dict[str, Any], dm: Dict[str, Any], run_dir: Optional[Path], ckpt: str,
-               class_names: Sequence[str]) -> str:
+               class_names: Sequence[str], volumetric: Optional[Dict[str, Any]] = None) -> str:
     """``README.md`` of an exported folder: data set, recipe, test metrics (with aggregation and HD95 mode),
     and the commands that reproduce them."""
     dm = dm or {}
+    vol = volumetric or {}
+    three_d = bool(vol) or (isinstance(hp.get("image_size"), (list, tuple)) and len(hp["image_size"]) == 3)
+    axes, inputs = ("(B, C, I, J, K) in the NIfTI's voxel order", "volumes/") if three_d else ("(B, C, H, W)",
+                                                                                              "images/")
     lines = [f"# {name} (mambaseg)", "",
              f"Segmentation network `{name}` trained with mambaseg; exported from `{ckpt}`.", "",
              "## Use", "", "```python", "from mambaseg.models import from_pretrained",
-             "model = from_pretrained('THIS_FOLDER')   # logits (B, C, H, W)", "```", "",
-             "```bash", "mambaseg predict --ckpt THIS_FOLDER --input images/ --out preds/", "```", "",
+             f"model = from_pretrained('THIS_FOLDER')   # logits {axes}", "```", "",
+             "```bash", f"mambaseg predict --ckpt THIS_FOLDER --input {inputs} --out preds/", "```", "",
              "## Data", "",
-             f"- data set: `{dm.get('dataset', 'unknown')}`" + (f" (root `{dm['root']}`)" if dm.get("root") else ""),
-             f"- classes: {', '.join(class_names)}",
-             f"- input: {hp.get('in_channels', 3)} channel(s), {hp.get('image_size')} px, "
-             f"preprocessing `{hp.get('preprocess') or dm.get('transforms') or 'none'}`", "",
-             "## Recipe", ""]
+             f"- data set: `{dm.get('dataset', 'unknown')}`" + (f" (root `{dm['root']}`)" if dm.get("root") else "")]
+    if hp.get("regions"):
+        rn = list(hp.get("region_names") or class_names)
+        lines.append("- outputs: one sigmoid per region: " + ", ".join(f"{n} = classes {list(r)}"
+                                                                     for n, r in zip(rn, hp["regions"])))
+    else:
+        lines.append(f"- classes: {', '.join(class_names)}")
+    if three_d:
+        plan = vol.get("plan") or {}
+        lines.append(f"- input: {hp.get('in_channels', 3)} channel(s)"
+                     + (f" ({', '.join(map(str, vol['channel_names']))})" if vol.get("channel_names") else "")
+                     + f", patch {hp.get('image_size')} voxels"
+                     + (f" at {plan['target_spacing']} mm" if plan.get("target_spacing") else "")
+                     + (f", normalisation {plan['normalization']}" if plan.get("normalization") else "")
+                     + "; sliding window over whole volumes, predictions written as NIfTI with the input's affine")
+    else:
+        lines.append(f"- input: {hp.get('in_channels', 3)} channel(s), {hp.get('image_size')} px, "
+                     f"preprocessing `{hp.get('preprocess') or dm.get('transforms') or 'none'}`")
+    lines += ["", "## Recipe", ""]
     for k in ("model_kwargs", "loss", "optimizer", "lr", "weight_decay", "scheduler", "t_max", "max_iters",
               "threshold", "select_on", "pretrained"):
         if k in hp:
@@ -322,6 +362,10 @@ def checkpoint_to_folder(ckpt: Union[str, os.PathLike], out: Union[str, os.PathL
     n_labels = int(hp.get("num_classes", 2))
     if not names or len(names) != n_labels:
         names = ["background"] + [f"class_{k}" for k in range(1, n_labels)]
+    if hp.get("regions"):  # region outputs (sigmoid each): the folder's outputs are named by the regions
+        regs = hp["regions"]
+        rn = list(hp.get("region_names") or [])
+        names = rn if len(rn) == len(regs) else [f"region_{k}" for k in range(len(regs))]
     run_dir = Path(ckpt).resolve().parent.parent
     run_dir = run_dir if (run_dir / "checkpoints").is_dir() else None
     preprocessing = {"preset": hp.get("preprocess"), "image_size": hp.get("image_size")}
@@ -329,9 +373,11 @@ def checkpoint_to_folder(ckpt: Union[str, os.PathLike], out: Union[str, os.PathL
                 "global_step": data.get("global_step"),
                 "hyper_parameters": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, bool, list,
                                                                                    dict, type(None)))}}
-    card = model_card(hp.get("model", "model"), hp, dm, run_dir, str(ckpt), names)
+    if data.get("volumetric"):  # 3-D: the preprocessing plan and label values predict needs (as the checkpoint)
+        training["volumetric"] = data["volumetric"]
+    card = model_card(hp.get("model", "model"), hp, dm, run_dir, str(ckpt), names, data.get("volumetric"))
     from mambaseg.models.hub import CONFIG_NAME, WEIGHTS_NAME
     with _leave_nothing(out, [out / CONFIG_NAME, out / WEIGHTS_NAME, out / "README.md"], "the pretrained folder"):
-        return save_pretrained(net, out, input_size=hp.get("image_size"), preprocessing=preprocessing,
+        return save_pretrained(net, out, input_size=_checkpoint_size(hp, net), preprocessing=preprocessing,
                                class_names=names, threshold=hp.get("threshold", 0.5), training=training,
-                               model_card=card, overwrite=overwrite)
+                               model_card=card, overwrite=overwrite, output=_output_rule(hp))

@@ -682,7 +682,7 @@ def _build(name_or_model, in_channels, num_classes, model_kwargs):
     return model, name_or_model, info, in_channels, num_classes
 
 
-def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = None, batch: int = 1,
+def profile_model(name_or_model: Union[str, nn.Module], size: Union[int, Sequence[int], None] = None, batch: int = 1,
                   device="cpu", dtype="float32", in_channels: int = 3, num_classes: int = 1,
                   conventions: Sequence[str] = CONVENTIONS, used_params: bool = True, used_size: int = 64,
                   latency: bool = True, warmup: int = 3, repeats: int = 10,
@@ -691,8 +691,9 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
 
     Args:
         name_or_model: a registered name (``mambaseg models``) or an ``nn.Module``.
-        size: input side (a square image, or a cube for models with ``spatial_dims == 3``); default: the
-            model's registered ``default_size`` (256 if unknown).
+        size: input side (a square image, or a cube for models with ``spatial_dims == 3``), or one size per
+            spatial axis ((H, W), or (D, H, W) for a 3-D model); default: the model's registered ``default_size``
+            (256 if unknown).
         batch: batch size for FLOPs and latency (FLOPs scale linearly with it).
         device, dtype: where and in which precision latency is measured (on a copy of the model). Counting
             parameters and FLOPs does not depend on them; it runs in float32 on CPU (on a copy if the model
@@ -707,10 +708,17 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
     model, name, info, in_ch, n_cls = _build(name_or_model, in_channels, num_classes, model_kwargs)
     if size is None:
         size = info.default_size if info is not None else 256
-    if batch < 1 or size < 1:
-        raise ValueError(f"batch and size must be positive, got batch={batch}, size={size}")
     nd = int(getattr(model, "spatial_dims", 2))           # 3-D networks get a (size, size, size) volume
-    shape = (batch, in_ch) + (size,) * nd
+    sizes = tuple(int(v) for v in size) if isinstance(size, (tuple, list)) else (int(size),)
+    if len(sizes) == 1:
+        sizes = sizes * nd
+    elif len(sizes) != nd:
+        raise ValueError(f"size {' '.join(map(str, sizes))}: {name} is a {nd}-D network; give one size (a "
+                         f"{'cube' if nd == 3 else 'square'}) or {nd} sizes, one per axis")
+    if batch < 1 or min(sizes) < 1:
+        raise ValueError(f"batch and size must be positive, got batch={batch}, size={size}")
+    shape = (batch, in_ch) + sizes
+    size = sizes[0] if len(set(sizes)) == 1 else sizes   # a square / cube keeps its one number (published rows)
     ref = next(iter(model.parameters()), None)
     counting_model = model
     if ref is not None and (ref.device.type != "cpu" or ref.dtype != torch.float32):
@@ -718,7 +726,7 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
     params = None
     if nd == 3:
         used_size = min(used_size, 32)                   # a 32^3 volume is enough, and cheap, for a 3-D network
-    if used_params and used_size < size:
+    if used_params and used_size < min(sizes):
         try:  # a small input is enough to see which parameters the forward touches ...
             params = count_params(counting_model, (2, in_ch) + (used_size,) * nd)
         except ValueError:  # ... unless the model only takes its own size
@@ -726,7 +734,7 @@ def profile_model(name_or_model: Union[str, nn.Module], size: Optional[int] = No
     if params is None:
         # a 3-D network that only takes its own size: no batch-2 backward at full size (volumes are large)
         used_params = used_params and nd == 2
-        params = count_params(counting_model, (2, in_ch) + (size,) * nd if used_params else None, used=used_params)
+        params = count_params(counting_model, (2, in_ch) + sizes if used_params else None, used=used_params)
     flops = count_flops(counting_model, shape, conventions) if conventions else {}
     full = flops.get("full")
     lat = None

@@ -19,7 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "folder"], default="onnx")
     p.add_argument("--out", "-o", required=True, help="output .onnx file or folder")
     p.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
-                   help="ONNX input size: N or H W (default: the checkpoint's training size)")
+                   help="ONNX input size: N (a square, or a cube for a 3-D model), H W, or D H W for a 3-D model "
+                        "(default: the checkpoint's training size)")
     p.add_argument("--output", choices=["logits", "probabilities"], default="logits", help="ONNX output")
     p.add_argument("--chunk", type=int, default=None, help="scan steps per ONNX Scan iteration (default 16)")
     p.add_argument("--check", action="store_true", help="after ONNX export, compare onnxruntime with PyTorch")
@@ -32,21 +33,34 @@ def _load(ckpt: str):
     if is_pretrained_folder(ckpt):
         net = from_pretrained(ckpt)
         return net, tuple(net.pretrained_config.get("input_size") or ()), net.pretrained_config
-    from mambaseg.export import network_from_checkpoint, read_training_checkpoint
+    from mambaseg.export import _checkpoint_size, network_from_checkpoint, read_training_checkpoint
     data = read_training_checkpoint(ckpt)
     hp = dict(data["hyper_parameters"])
-    s = hp.get("image_size")
-    return network_from_checkpoint(data), ((s, s) if isinstance(s, int) else tuple(s or ())), hp
+    net = network_from_checkpoint(data)
+    return net, tuple(_checkpoint_size(hp, net) or ()), hp
+
+
+def _size_for(net, size) -> tuple:
+    """``--size`` for this network: one int is a square (a cube for a 3-D network), else one int per axis."""
+    from mambaseg.export import ExportError
+    nd = int(getattr(net, "spatial_dims", 2))
+    if len(size) == 1:
+        return tuple(size) * nd
+    if len(size) != nd:
+        want = "N or D H W (a cube or one size per axis)" if nd == 3 else "N or H W"
+        raise ExportError(f"--size {' '.join(map(str, size))}: {getattr(net, 'model_name', type(net).__name__)} is "
+                          f"a {nd}-D network; give {want}")
+    return tuple(size)
 
 
 def run(args) -> int:
     from mambaseg.export import ExportError, check_chunk, checkpoint_to_folder, onnx_session, run_onnx, to_onnx
-    if args.size is not None and len(args.size) not in (1, 2):
-        raise ExportError(f"--size takes N or H W, got {args.size}")
+    if args.size is not None and len(args.size) not in (1, 2, 3):
+        raise ExportError(f"--size takes N, H W, or D H W for a 3-D model, got {args.size}")
     from mambaseg.engine.io import check_writable
     from mambaseg.models.limits import check_input_size
     if args.size is not None:  # 0, -64: one line; 100000: refused before allocating, with the number
-        check_input_size(list(args.size) * (2 if len(args.size) == 1 else 1), "--size")
+        check_input_size(list(args.size) * (2 if len(args.size) == 1 else 1), "--size")  # per axis; 3-D below
     check_chunk(args.chunk)
     check_writable(args.out if args.format == "folder" else os.path.dirname(os.path.abspath(args.out)),
                    "export folder", "--out")
@@ -71,7 +85,7 @@ def run(args) -> int:
         raise ExportError("ONNX export needs onnx and onnxruntime: pip install 'mambaseg[export]'") from None
     net, size, _ = _load(args.ckpt)
     if args.size:
-        size = tuple(args.size) * (2 if len(args.size) == 1 else 1)
+        size = _size_for(net, args.size)
     info = to_onnx(net, args.out, size=size or None, output=args.output, chunk=args.chunk)
     print(f"wrote {info['path']}: {info['nodes']} nodes ({info['scan_nodes']} scans), "
           f"{info['bytes'] / 1e6:.1f} MB, input (batch, {', '.join(map(str, info['input_shape']))}), "

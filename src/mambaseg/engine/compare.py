@@ -594,12 +594,18 @@ def _float(v) -> float:
         return float("nan")
 
 
-def read_per_case(path: str, metrics: Sequence[str] = PAIRED_METRICS) -> Dict[str, Dict[str, float]]:
-    """``per_case.csv`` -> {case_id: {metric: value}} (the class-mean columns)."""
+def read_per_case(path: str, metrics: Sequence[str] = PAIRED_METRICS,
+                  regions: bool = False) -> Dict[str, Dict[str, float]]:
+    """``per_case.csv`` -> {case_id: {metric: value}} (the class-mean columns; with ``regions``, also each region's
+    columns of those metrics, ``dice/WT``, ``hd95/WT``, ... as region-based 3-D runs write them)."""
     out: Dict[str, Dict[str, float]] = {}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            out[str(row.get("case_id"))] = {m: _float(row.get(m)) for m in metrics}
+        reader = csv.DictReader(f)
+        cols = list(metrics)
+        if regions:
+            cols += [c for m in metrics for c in (reader.fieldnames or []) if c.startswith(m + "/")]
+        for row in reader:
+            out[str(row.get("case_id"))] = {m: _float(row.get(m)) for m in cols}
     return out
 
 
@@ -639,7 +645,8 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
         runs.append({"label": r["label"], "model": r["model"], "seed": r["seed"], "fold": r["fold"], "run_dir": d,
                      "metrics": {k: _float(v) for k, v in (summ.get("metrics") or {}).items()},
                      "settings": summ.get("settings") or {},
-                     "per_case": read_per_case(os.path.join(d, "test", "per_case.csv")),
+                     "per_case": read_per_case(os.path.join(d, "test", "per_case.csv"),
+                                               regions=bool((summ.get("settings") or {}).get("regions"))),
                      "params": info.get("params"), "fit_seconds": info.get("fit_seconds"),
                      "epochs": info.get("epochs")})
     if missing:
@@ -670,11 +677,20 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
                 for m, v in vals.items():
                     acc.setdefault(cid, {}).setdefault(m, []).append(v)
         case_vals[lb] = {cid: {m: float(np.mean(v)) for m, v in ms.items()} for cid, ms in acc.items()}
+    # the paired metrics: the class means, plus each region's (BraTS WT / TC / ET) where every run reports them
+    paired = list(PAIRED_METRICS)
+    region_cols = None
+    for r in runs:
+        cols = {m for vals in r["per_case"].values() for m in vals} - set(PAIRED_METRICS)
+        region_cols = cols if region_cols is None else region_cols & cols
+    if region_cols:
+        first = next(iter(runs[0]["per_case"].values()))
+        paired += [m for m in first if m in region_cols]
     tests = []
     for lb in labels:
         if lb == ref:
             continue
-        for m in PAIRED_METRICS:
+        for m in paired:
             common = sorted(set(case_vals[lb]) & set(case_vals[ref]))
             pairs = [(case_vals[lb][c][m], case_vals[ref][c][m]) for c in common]
             finite = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
@@ -720,10 +736,10 @@ def aggregate(out: str, wall_seconds: Optional[float] = None) -> Dict[str, Any]:
     # per-case table (model means over runs) for the box plot and for re-analysis
     with atomic_open(os.path.join(out, "per_case_mean.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["model", "case_id"] + list(PAIRED_METRICS))
+        w.writerow(["model", "case_id"] + paired)
         for lb in labels:
             for cid in sorted(case_vals[lb]):
-                w.writerow([lb, cid] + [_num(case_vals[lb][cid][m]) for m in PAIRED_METRICS])
+                w.writerow([lb, cid] + [_num(case_vals[lb][cid][m]) for m in paired])
 
     md, tex, txt = _tables(labels, per_model, agg_note, len(plan["seeds"]), plan["folds"])
     atomic_write_text(os.path.join(out, "table.md"), md + "\n")

@@ -64,14 +64,15 @@ def _size2(s) -> Optional[List[int]]:
 def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *, input_size=None,
                     preprocessing: Optional[Dict[str, Any]] = None, class_names: Optional[Sequence[str]] = None,
                     threshold: Optional[float] = None, training: Optional[Dict[str, Any]] = None,
-                    model_card: Optional[str] = None, overwrite: bool = False) -> Path:
+                    model_card: Optional[str] = None, overwrite: bool = False, output: Optional[str] = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (+ ``README.md`` if ``model_card``) into ``save_directory``.
 
     ``model`` must come from ``create_model`` (it carries its registry name and arguments). ``input_size``:
     the training input size (default: the registry's ``default_size``); ``preprocessing``: e.g.
     ``{"preset": "isic", "image_size": 256}`` (a ``mambaseg.data.transforms`` preset, applied by ``predict``);
     ``class_names``: one per label including background (default: ``background, class_1, ...``). Existing files
-    are not overwritten unless ``overwrite``. Returns the folder."""
+    are not overwritten unless ``overwrite``. ``output``: how the logits become labels, when not the default rule
+    (sigmoid for one output channel, softmax otherwise), e.g. one sigmoid per region. Returns the folder."""
     from safetensors.torch import save_model
 
 
@@ -109,7 +110,7 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *
         "input_size": size,
         "preprocessing": _jsonable(dict(preprocessing or {}), "preprocessing"),
         "threshold": float(0.5 if threshold is None else threshold),
-        "output": "logits (sigmoid for one output channel, softmax otherwise)",
+        "output": output or "logits (sigmoid for one output channel, softmax otherwise)",
     }
     if training:
         cfg["training"] = _jsonable(dict(training), "training")
