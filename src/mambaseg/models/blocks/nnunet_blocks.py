@@ -301,8 +301,8 @@ class NNUNetPlan:
 
 def check_input_nd(x: torch.Tensor, in_channels: int, divisor, model: str, spatial_dims: int) -> None:
     """One clear ValueError when ``x`` is not (B, in_channels, *spatial) with every spatial axis divisible by
-    ``divisor`` (an int or per axis). 2-D inputs get :func:`~mambaseg.models.blocks.layers.check_input_size`'s
-    messages."""
+    ``divisor`` (an int or per axis), or when the deepest map would be one voxel (instance norm has no statistics
+    there). 2-D inputs get :func:`~mambaseg.models.blocks.layers.check_input_size`'s messages."""
     if spatial_dims == 2 and isinstance(divisor, int):
         return check_input_size(x, in_channels, divisor, model)
     names = "(B, C, D, H, W)" if spatial_dims == 3 else "(B, C, H, W)"
@@ -317,6 +317,11 @@ def check_input_nd(x: torch.Tensor, in_channels: int, divisor, model: str, spati
         need = d[0] if len(set(d)) == 1 else "x".join(map(str, d))
         raise ValueError(f"{model}: input size {'x'.join(map(str, size))} is not divisible by {need} (per axis, the "
                          f"product of the strides); pad or tile to a multiple, e.g. {ok}")
+    if all(s == m for s, m in zip(size, d)):
+        bigger = "x".join(str(2 * m if i == 0 else m) for i, m in enumerate(d))
+        raise ValueError(f"{model}: input size {'x'.join(map(str, size))} leaves one voxel at the deepest stage (the "
+                         f"strides' product is {'x'.join(map(str, d))}), where instance norm has no statistics; use a "
+                         f"larger patch (e.g. {bigger}) or a plan with fewer stages (patch_size=...)")
     if x.shape[1] != in_channels:
         raise ValueError(f"{model}: expected {in_channels} input channel(s), got {x.shape[1]} "
                          f"(input shape {tuple(x.shape)}); build the model with in_channels={x.shape[1]}")
