@@ -31,13 +31,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from mambaseg.utils.fileio import atomic_write_bytes
+
 from .base import DataError
 
 __all__ = ["PreprocessPlan", "crop_to_nonzero", "nonzero_mask", "compute_target_spacing", "compute_new_shape",
@@ -379,30 +380,9 @@ def invert_probabilities(probs: np.ndarray, props: dict, regions: bool = False) 
 # cache
 # ----------------------------------------------------------------------------------------------------------------
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """temp file in the same folder + fsync + rename + fsync of the folder. (The data layer may not import
-    engine/io.py's helpers, so this is the data layer's own small copy.)"""
+    """Durably (temp file, fsync, rename; a full disk or a read-only folder is one line), making the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(str(path.parent), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_bytes(str(path), data)
 
 
 def file_fingerprint(paths: Sequence[Path]) -> List[List]:
