@@ -279,12 +279,22 @@ class SegDataModule(pl.LightningDataModule):
         """The data set's regions (region-based training, e.g. BraTS WT/TC/ET), or None."""
         if not self.hparams.get("region_based", True):
             return None
+        return self.declared_regions
+
+    @property
+    def region_names(self) -> Optional[List[str]]:
+        return self.declared_region_names if self.regions else None
+
+    @property
+    def declared_regions(self) -> Optional[List[List[int]]]:
+        """The regions the data set declares, whatever ``region_based`` says (a label-trained model is scored on
+        them with ``model.eval_regions``), or None."""
         r = getattr(self._probe(), "regions", None)
         return None if not r else [[int(v) for v in reg] for reg in r]
 
     @property
-    def region_names(self) -> Optional[List[str]]:
-        n = getattr(self._probe(), "region_names", None) if self.regions else None
+    def declared_region_names(self) -> Optional[List[str]]:
+        n = getattr(self._probe(), "region_names", None) if self.declared_regions else None
         return None if not n else [str(v) for v in n]
 
     def _transform(self, train: bool):
