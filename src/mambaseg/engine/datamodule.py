@@ -454,8 +454,16 @@ class SegDataModule(pl.LightningDataModule):
                                     f"per axis, e.g. {data_arg('image_size', [64, 64, 64])}")
         return PatchDataset(whole, patch, batch_size=hp.batch_size, oversample_foreground=hp.oversample_foreground,
                             samples_per_epoch=int(hp.iterations_per_epoch) * int(hp.batch_size),
-                            augmentation=hp.augmentation, regions=getattr(base, "regions", None),
+                            augmentation=hp.augmentation, regions=self._oversampled(base),
                             outside_label=None, seed=hp.seed)
+
+    def _oversampled(self, base) -> Optional[List[List[int]]]:
+        """What the foreground oversampling picks from, as nnU-Net: the regions when training on them, else every
+        foreground class (a label-trained model on a data set that declares regions samples per class)."""
+        if self.regions:
+            return self.regions
+        nc = getattr(base, "num_classes", None)
+        return None if nc is None else [[c] for c in range(1, int(nc))]
 
     def _eval_loader(self, ds: Dataset) -> DataLoader:
         if self.spatial_dims == 3:
