@@ -120,3 +120,14 @@ def test_label_trained_fit_and_test_report_regions_only_with_the_option(tiny3d, 
     assert "dice/WT" not in summary and "regions_from" not in m.test_results["settings"]
     assert {"dice/NCR/NET", "dice/ED", "dice/ET"} <= set(summary)
     assert m.test_results["settings"]["regions"] is None
+
+
+@pytest.mark.parametrize("region_based", [False, True])
+def test_foreground_oversampling_follows_what_is_trained(region_based):
+    """As nnU-Net: patches are forced onto a random foreground class of a label-trained model, onto a random region
+    of a region-trained one, whatever regions the data set declares."""
+    dm = _dm()
+    dm.hparams.region_based = region_based
+    dm.setup("fit")
+    want = list(REGIONS.values()) if region_based else [[1], [2], [3]]
+    assert dm._datasets["train"].fg_classes == want
