@@ -96,6 +96,10 @@ def test_3d_config_builds_as_fit_does_on_a_fixture(name, tmp_path):
     assert m.hparams.num_classes == 4  # the fixtures' 3 labels + background
     region = raw["data"].get("region_based", True) and raw["data"]["dataset"] == "brats"
     assert m.out_channels == (3 if region else 4) and (dm.regions is not None) == bool(region)
+    if raw["data"]["dataset"] == "brats" and not region:  # label-trained, scored on the regions BraTS declares
+        assert m.hparams.eval_regions is True and dm.declared_regions == [[1, 2, 3], [1, 3], [3]]
+        m._resolve_eval_regions(dm)
+        assert m._scored() == dm.declared_regions and m._new_metrics(True).class_names == ["WT", "TC", "ET"]
     m.net.eval()
     with torch.no_grad():
         y = m.net(torch.zeros(1, m.hparams.in_channels, *patch))
@@ -216,6 +220,7 @@ def test_paper_recipe_numbers(name):
         assert mk["momentum"] == 0.99
     brats = d["dataset"] == "brats"
     assert d.get("region_based", True) is not brats  # SegMamba and nnMamba train softmax classes, not regions
+    assert mk.get("eval_regions", "auto") is (True if brats else "auto")  # ... and report WT / TC / ET
     if name.startswith("segmamba"):  # plain CE: the Dice term off; whole-crop z-score; 1 mm
         assert mk["loss_kwargs"] == {"w_ce": 1.0, "w_dice": 0.0}
         assert d["dataset_kwargs"]["use_mask_for_norm"] is False and d["dataset_kwargs"]["ratios"] == [0.7, 0.1, 0.2]

@@ -15,7 +15,8 @@ Layouts recognised by :func:`read_volume_set` (``root`` is what you pass; no opt
 Arrays stay in nibabel's voxel order ``(i, j, k)``, channels first (VOLUME_CONTRACT.md); spacing is
 ``header.get_zooms()[:3]``. Raw label values are mapped to consecutive class indices in sorted order (BraTS 2020:
 ``{0: 0, 1: 1, 2: 2, 4: 3}``); BraTS declares the regions WT ``[1, 2, 3]``, TC ``[1, 3]``, ET ``[3]`` (class indices),
-nnU-Net region labels give theirs from ``dataset.json``.
+nnU-Net region labels give theirs from ``dataset.json``. ``regions={"WT": [1, 2, 4], ...}`` (raw label values, outer
+-> inner) declares regions for any layout (per-case folders of BraTS read with ``channels=``), replacing its own.
 
 Reader-level problems (a channel file missing in one case, a ``dataset.json`` that does not match the files) do
 not raise: they are kept on the case (``VolumeCase.problems``) or the set (``VolumeSet.problems``) so that
@@ -483,11 +484,39 @@ def _unlabelled_flat(r: Path, normalization) -> Optional[VolumeSet]:
                      normalization=_norm_arg(normalization, 1), labels_declared=False)
 
 
+def _regions_arg(regions, values: Sequence[int], where) -> Tuple[List[List[int]], List[str], Optional[List[int]]]:
+    """``{name: [raw label values]}`` (outer -> inner) -> (regions as class indices, names, regions_class_order:
+    each region's one class not in a later region, None when that is not one class)."""
+    if not isinstance(regions, dict) or not regions:
+        raise DataError(f"regions must map a name to raw label values, e.g. {{WT: [1, 2, 4], TC: [1, 4], ET: [4]}}; "
+                        f"got {regions!r}")
+    lut = {int(v): i for i, v in enumerate(values)}
+    out, names = [], []
+    for name, vs in regions.items():
+        vs = [vs] if isinstance(vs, int) else list(vs or [])
+        bad = [v for v in vs if int(v) not in lut or lut[int(v)] == 0]
+        if not vs or bad:
+            raise DataError(f"{where}: region {name!r} lists {vs!r}; give foreground label values of the data "
+                            f"({list(values)[1:]})")
+        out.append(sorted(lut[int(v)] for v in vs))
+        names.append(str(name))
+    order: Optional[List[int]] = []
+    for i, r in enumerate(out):
+        own = set(r) - {c for later in out[i + 1:] for c in later}
+        if len(own) != 1:
+            order = None
+            break
+        order.append(own.pop())
+    return out, names, order
+
+
 def read_volume_set(root, channels: Optional[Sequence[str]] = None, label: Optional[str] = None, labels=None,
-                    normalization=None) -> VolumeSet:
+                    normalization=None, regions=None) -> VolumeSet:
     """Recognise the layout of ``root`` (module docstring) and read its case list (no voxel is read, except the
     labels of layouts that do not declare their label values). ``normalization`` overrides the scheme per channel
-    (``"CT"``, ``"zscore"``, ``"nonorm"``; one name for all channels or a list)."""
+    (``"CT"``, ``"zscore"``, ``"nonorm"``; one name for all channels or a list). ``regions``: ``{name: [raw label
+    values]}`` declared for the data set (outer -> inner, e.g. BraTS 2023 ``{WT: [1, 2, 3], TC: [1, 3], ET: [3]}``),
+    replacing the layout's own."""
     r = require_dir(root, VOLUME_LAYOUTS)
     if channels:
         vs = read_case_folders(r, channels, label, labels, normalization)
@@ -520,6 +549,8 @@ def read_volume_set(root, channels: Optional[Sequence[str]] = None, label: Optio
     if labels is not None and vs.layout in ("nnunet", "msd", "brats2020", "brats2023"):
         vals, names = _labels_arg(labels, r)
         vs.label_values, vs.class_names = vals, names
+    if regions is not None:
+        vs.regions, vs.region_names, vs.regions_class_order = _regions_arg(regions, vs.label_values, r)
     return vs
 
 

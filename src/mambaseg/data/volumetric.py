@@ -34,6 +34,8 @@ class VolumetricDataset(Dataset):
         volume_set: an already read :class:`~mambaseg.data.volumes.VolumeSet`.
         fold, splits_file, ratios, seed: how train/val/test are chosen.
         channels, label, labels, normalization: reader options (per-case folders; label values; scheme override).
+        regions: ``{name: [raw label values]}`` the data set declares (outer -> inner), replacing the layout's own:
+            per-case BraTS folders read with ``channels=`` then score (or train) WT / TC / ET.
         target_spacing: (i, j, k) mm; None = nnU-Net's rule on the training cases.
         use_mask_for_norm: None = nnU-Net's rule; a bool or one per channel.
         label_order: 1 (one-hot linear, nnU-Net) or 0 (nearest) for resampling labels.
@@ -54,12 +56,13 @@ class VolumetricDataset(Dataset):
     def __init__(self, root=None, split: str = "train", *, volume_set: Optional[VolumeSet] = None, fold: int = 0,
                  splits_file=None, ratios: Optional[Sequence[float]] = None, seed: int = 0,
                  channels: Optional[Sequence[str]] = None, label: Optional[str] = None, labels=None,
-                 normalization=None, target_spacing: Optional[Sequence[float]] = None, use_mask_for_norm=None,
+                 normalization=None, regions=None, target_spacing: Optional[Sequence[float]] = None,
+                 use_mask_for_norm=None,
                  label_order: int = 1, plan: Union[None, PreprocessPlan, dict] = None, cache_dir=None,
                  preprocess: bool = True, outside_label: int = 0, transform: Optional[Callable] = None,
                  patch_size: Optional[Sequence[int]] = None, memory_cache: int = 0):
         self.volume_set = volume_set if volume_set is not None else read_volume_set(
-            root, channels=channels, label=label, labels=labels, normalization=normalization)
+            root, channels=channels, label=label, labels=labels, normalization=normalization, regions=regions)
         vs = self.volume_set
         self.split = split
         self.cases: List[VolumeCase] = select_cases(vs, split, fold, splits_file, ratios, seed)

@@ -279,12 +279,22 @@ class SegDataModule(pl.LightningDataModule):
         """The data set's regions (region-based training, e.g. BraTS WT/TC/ET), or None."""
         if not self.hparams.get("region_based", True):
             return None
+        return self.declared_regions
+
+    @property
+    def region_names(self) -> Optional[List[str]]:
+        return self.declared_region_names if self.regions else None
+
+    @property
+    def declared_regions(self) -> Optional[List[List[int]]]:
+        """The regions the data set declares, whatever ``region_based`` says (a label-trained model is scored on
+        them with ``model.eval_regions``), or None."""
         r = getattr(self._probe(), "regions", None)
         return None if not r else [[int(v) for v in reg] for reg in r]
 
     @property
-    def region_names(self) -> Optional[List[str]]:
-        n = getattr(self._probe(), "region_names", None) if self.regions else None
+    def declared_region_names(self) -> Optional[List[str]]:
+        n = getattr(self._probe(), "region_names", None) if self.declared_regions else None
         return None if not n else [str(v) for v in n]
 
     def _transform(self, train: bool):
@@ -444,8 +454,16 @@ class SegDataModule(pl.LightningDataModule):
                                     f"per axis, e.g. {data_arg('image_size', [64, 64, 64])}")
         return PatchDataset(whole, patch, batch_size=hp.batch_size, oversample_foreground=hp.oversample_foreground,
                             samples_per_epoch=int(hp.iterations_per_epoch) * int(hp.batch_size),
-                            augmentation=hp.augmentation, regions=getattr(base, "regions", None),
+                            augmentation=hp.augmentation, regions=self._oversampled(base),
                             outside_label=None, seed=hp.seed)
+
+    def _oversampled(self, base) -> Optional[List[List[int]]]:
+        """What the foreground oversampling picks from, as nnU-Net: the regions when training on them, else every
+        foreground class (a label-trained model on a data set that declares regions samples per class)."""
+        if self.regions:
+            return self.regions
+        nc = getattr(base, "num_classes", None)
+        return None if nc is None else [[c] for c in range(1, int(nc))]
 
     def _eval_loader(self, ds: Dataset) -> DataLoader:
         if self.spatial_dims == 3:

@@ -182,6 +182,12 @@ class SegmentationModule(pl.LightningModule):
         regions: region-based training (BraTS): one list of class indices per sigmoid output, outer -> inner
             (e.g. ``[[1, 2, 3], [1, 3], [3]]`` = WT, TC, ET); normally linked from the data set.
         region_names: names of the regions in the metric keys (``dice/WT``).
+        eval_regions: score a label-trained (softmax) model on the regions its data set declares (the data
+            module's ``declared_regions`` / ``declared_region_names``): both the predicted and the reference label
+            map become one binary mask per region, ``isin(labels, regions[r])``, scored with the same metrics
+            (keys ``dice/WT``, ``val/dice`` = mean over the regions), as SegMamba and nnMamba report BraTS.
+            ``"auto"`` (default): on when the data set declares regions; ``True``: required (error if it declares
+            none); ``False``: per class. Region-trained models (``regions``) are always scored per region.
         sw_overlap, sw_mode, sw_gaussian, sw_mirror, sw_batch_size: sliding-window inference of 3-D networks
             (:mod:`mambaseg.engine.sliding_window`): overlap (0.5), window placement and Gaussian of ``"nnunet"``
             or ``"monai"``, Gaussian weighting, mirroring TTA over all axes, windows per forward pass. The window
@@ -206,7 +212,7 @@ class SegmentationModule(pl.LightningModule):
                  regions: Optional[List[List[int]]] = None, region_names: Optional[List[str]] = None,
                  sw_overlap: float = 0.5, sw_mode: str = "nnunet", sw_gaussian: bool = True, sw_mirror: bool = False,
                  sw_batch_size: int = 1, nsd_tolerance: Optional[Union[float, List[float]]] = None,
-                 eval_grid: str = "original"):
+                 eval_grid: str = "original", eval_regions: Union[bool, str] = "auto"):
         super().__init__()
         _check_choice("optimizer", optimizer, OPTIMIZERS)
         _check_choice("scheduler", scheduler, SCHEDULERS)
@@ -217,12 +223,11 @@ class SegmentationModule(pl.LightningModule):
             raise MambasegUserError(f"threshold must be in (0, 1); got {threshold}")
         self.save_hyperparameters()
         _check_choice("eval_grid", eval_grid, ("original", "preprocessed"))
-        if isinstance(nsd_tolerance, (list, tuple)):  # one per reported class / region: checked before training
-            n_rep = len(regions) if regions else max(num_classes, 2) - (0 if include_background else 1)
-            if len(nsd_tolerance) not in (1, n_rep):
-                one, many = ("region", "regions") if regions else ("reported class", "reported classes")
-                raise MambasegUserError(f"model.nsd_tolerance has {len(nsd_tolerance)} values but the data has "
-                                        f"{n_rep} {many}; give one tolerance (mm) per {one} or a single number")
+        if eval_regions not in (True, False, "auto"):
+            raise MambasegUserError(f"model.eval_regions must be true, false or auto; got {eval_regions!r}")
+        self._eval_regions: Optional[tuple] = None  # (regions, names) derived from labels; set in setup()
+        if regions or eval_regions is False:  # otherwise the count is checked in setup, once regions are known
+            self._check_nsd_count(len(regions) if regions else None)
         self._grid_used = "preprocessed volume (spacing of meta['spacing'])"
         if not isinstance(image_size, (list, tuple)):
             _check_size_value(image_size)
@@ -261,6 +266,54 @@ class SegmentationModule(pl.LightningModule):
         self._metrics = None
         self._pending: List[tuple] = []
         self._qualitative: List[Dict[str, Any]] = []
+
+    def _check_nsd_count(self, n_regions: Optional[int]) -> None:
+        """One NSD tolerance, or one per reported class / region (checked before training)."""
+        hp = self.hparams
+        if not isinstance(hp.nsd_tolerance, (list, tuple)):
+            return
+        n_rep = n_regions or max(hp.num_classes, 2) - (0 if hp.include_background else 1)
+        if len(hp.nsd_tolerance) not in (1, n_rep):
+            one, many = ("region", "regions") if n_regions else ("reported class", "reported classes")
+            raise MambasegUserError(f"model.nsd_tolerance has {len(hp.nsd_tolerance)} values but the data has "
+                                    f"{n_rep} {many}; give one tolerance (mm) per {one} or a single number")
+
+    def _resolve_eval_regions(self, dm) -> None:
+        """A label-trained model on data that declares regions (``eval_regions``): the regions its metrics score,
+        derived from the predicted and reference label maps. Refused in one line before any step."""
+        hp = self.hparams
+        mode = hp.get("eval_regions", "auto")
+        self._eval_regions = None
+        if hp.regions or mode is False:
+            return
+        regs = getattr(dm, "declared_regions", None) if dm is not None else None
+        if not regs:
+            self._check_nsd_count(None)
+            if mode is True:
+                name = getattr(dm, "dataset_name", "the data set")
+                raise MambasegUserError(f"model.eval_regions is true but data set {name!r} declares no regions; "
+                                        f"set model.eval_regions to auto or false (per-class metrics), or use a "
+                                        f"data set that declares regions (e.g. brats)")
+            return
+        regs = [[int(v) for v in r] for r in regs]
+        n = max(int(hp.num_classes), 2)
+        if any(not r or any(not 1 <= v < n for v in r) for r in regs):
+            raise MambasegUserError(f"the data set's regions {regs!r} must list foreground class indices "
+                                    f"1..{n - 1} of the model's {n} classes; fix model.num_classes or set "
+                                    f"model.eval_regions false")
+        names = getattr(dm, "declared_region_names", None)
+        names = [str(v) for v in names] if names and len(names) == len(regs) else None
+        self._check_nsd_count(len(regs))
+        self._eval_regions = (regs, names)
+
+    def _metric_regions(self):
+        """``(regions, names)`` the metrics score: the trained regions (sigmoid outputs, decoded to labels), the
+        data set's regions derived from the label maps (``eval_regions``), or ``(None, None)`` = per class. Either
+        way the metrics get label maps and build ``isin(labels, region)`` themselves: one scoring path."""
+        hp = self.hparams
+        if hp.regions:
+            return [list(r) for r in hp.regions], hp.region_names
+        return getattr(self, "_eval_regions", None) or (None, None)
 
     # ----------------------------------------------------------------------------------------------------------
     # building blocks
@@ -310,9 +363,11 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def setup(self, stage: str) -> None:
-        """Refuse a network and data of different dimensionality (one line, before any step)."""
+        """Refuse a network and data of different dimensionality (one line, before any step); pick the regions a
+        label-trained model is scored on (``eval_regions``)."""
         trainer = getattr(self, "_trainer", None)
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        self._resolve_eval_regions(dm)
         nd = getattr(dm, "spatial_dims", None) if dm is not None else None
         if nd is None or int(nd) == self.spatial_dims:
             return
@@ -441,9 +496,10 @@ class SegmentationModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------------------
     # validation: loss + pooled foreground Dice (cheap, DDP-reduced)
     def _scored(self):
-        """What ``val/dice`` averages: the foreground classes 1..K-1, or the declared regions."""
-        if self.hparams.regions:
-            return [list(r) for r in self.hparams.regions]
+        """What ``val/dice`` averages: the foreground classes 1..K-1, or the regions (trained or derived)."""
+        regions = self._metric_regions()[0]
+        if regions:
+            return regions
         return [[c] for c in range(1, max(self.hparams.num_classes, 2))]
 
     def on_validation_epoch_start(self):
@@ -496,11 +552,12 @@ class SegmentationModule(pl.LightningModule):
                   distributed_available_fn=lambda: False, sync_on_compute=False)
         if hp.empty_policy is not None:
             kw["empty_policy"] = hp.empty_policy
-        if hp.regions:
-            kw.update(regions=hp.regions, region_names=hp.region_names)
+        regions, region_names = self._metric_regions()
+        if regions:
+            kw.update(regions=regions, region_names=region_names)
         if hp.nsd_tolerance is not None and hp.compute_distances:
             kw["nsd_tolerance"] = hp.nsd_tolerance
-        return SegmentationMetrics(hp.num_classes, class_names=None if hp.regions else self._class_names(), **kw)
+        return SegmentationMetrics(hp.num_classes, class_names=None if regions else self._class_names(), **kw)
 
     def _class_names(self):
         """Label names of the data being scored (the data set's ``class_names``, else the reader's known
@@ -604,6 +661,11 @@ class SegmentationModule(pl.LightningModule):
                         "training": "regions (sigmoid)" if hp.regions else (
                             "binary (sigmoid)" if self.out_channels == 1 else "labels (softmax)"),
                         "loss": self.loss_name, "grid": self._grid_used})
+        if hp.regions:
+            out["regions_from"] = "the model's region outputs (sigmoid), decoded to labels, then isin per region"
+        elif self._metric_regions()[0]:
+            out["regions_from"] = ("labels (label-trained model, model.eval_regions): predicted and reference "
+                                   "label maps converted to region masks isin(labels, region)")
         return out
 
     # ----------------------------------------------------------------------------------------------------------
