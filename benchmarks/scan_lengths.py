@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2, help="warm calls after the cold one, at least (best is reported)")
-    p.add_argument("--min-warm-s", type=float, default=2.0,
+    p.add_argument("--min-warm-s", type=float, default=6.0,
                    help="keep calling (up to 40 warm calls) until the warm calls took this many seconds")
     p.add_argument("--quick", action="store_true", help="shorter lengths (smoke test)")
     p.add_argument("--modes", default="fwd,fwd+bwd")
