@@ -14,15 +14,11 @@ pytest.importorskip("onnxruntime")
 from mambaseg.export import onnx_session, run_onnx, to_onnx  # noqa: E402
 from mambaseg.ops.scan_onnx import selective_scan_onnx  # noqa: E402
 
+from _onnx_parity import assert_onnx_matches  # noqa: E402
 from small_models import is_3d, small_model  # noqa: E402
 
 SMALL_SIZE = SIZE = 32
 SIZES = {"umamba_bot": 64, "umamba_enc": 64, "lkm_unet": 64}  # the nnU-Net 64x64 plan (divisor 64)
-
-
-def _probs(y):
-    y = torch.as_tensor(y)
-    return torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, 1)
 
 
 # hmt_unet_small / _base are hmt_unet with other default widths: at the small test config they export the same
@@ -40,22 +36,7 @@ def test_onnxruntime_matches_pytorch(name, tmp_path):
     info = to_onnx(model, tmp_path / "m.onnx", size=SIZE)
     assert info["input_shape"] == [3, SIZE, SIZE]
     sess = onnx_session(info["path"], threads=1)
-    for batch in (1, 3):                                             # the batch axis is dynamic
-        x = torch.randn(batch, 3, SIZE, SIZE)
-        with torch.no_grad():
-            ref = _probs(model(x))
-        got = _probs(run_onnx(sess, x))
-        assert got.shape == ref.shape
-        err = (got - ref).abs().max().item()
-        if err > 1e-4:
-            # Some randomly initialised networks (He init, logits of +-16) are not reproducible to 1e-4 in fp32 at
-            # all: then ORT must be as close to the float64 network as PyTorch's own float32 run is.
-            from mambaseg.ops import use_backend
-            with torch.no_grad(), use_backend("reference"):
-                exact = _probs(model.double()(x.double())).float()
-            model.float()
-            own = (ref - exact).abs().max().item()
-            assert (got - exact).abs().max().item() <= 2 * own + 1e-5, (err, own)
+    assert_onnx_matches(model, sess, 3, (SIZE, SIZE), 3, batches=(1, 3))   # the batch axis is dynamic
 
 
 class _ScanNet(nn.Module):

@@ -10,8 +10,9 @@ from mambaseg.models import list_models
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mambaseg.export import ExportError, onnx_session, run_onnx, to_onnx  # noqa: E402
+from mambaseg.export import ExportError, onnx_session, to_onnx  # noqa: E402
 
+from _onnx_parity import assert_onnx_matches  # noqa: E402
 from small_models import size_for, small_model  # noqa: E402
 
 # segmamba (the requirement), nnmamba_ds and unetr in the fast run; the others take 8-15 s each on 2 cores
@@ -19,11 +20,6 @@ SLOW = ("segmamba_v2", "nnmamba", "swin_unetr")
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
          for n in ("segmamba", "segmamba_v2", "nnmamba", "nnmamba_ds", "swin_unetr", "unetr") if n in list_models()]
 SCANS = {"segmamba": 3 * 4, "segmamba_v2": 3 * 2, "nnmamba": 4 * 2 * 3, "nnmamba_ds": 2 * 3}
-
-
-def _probs(y):
-    y = torch.as_tensor(y)
-    return torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, 1)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -35,20 +31,7 @@ def test_onnxruntime_matches_pytorch_3d(name, tmp_path):
     assert info["input_shape"] == [3, *size]
     assert info["scan_nodes"] == SCANS.get(name, 0)                   # one Scan per selective-scan call
     sess = onnx_session(info["path"], threads=1)
-    for batch in (1, 2):
-        x = torch.randn(batch, 3, *size)
-        with torch.no_grad():
-            ref = _probs(model(x))
-        got = _probs(run_onnx(sess, x))
-        assert got.shape == ref.shape == (batch, 3, *size)
-        err = (got - ref).abs().max().item()
-        if err > 1e-4:
-            from mambaseg.ops import use_backend
-            with torch.no_grad(), use_backend("reference"):
-                exact = _probs(model.double()(x.double())).float()
-            model.float()
-            own = (ref - exact).abs().max().item()
-            assert (got - exact).abs().max().item() <= 2 * own + 1e-5, (err, own)
+    assert_onnx_matches(model, sess, 3, size, 3)
 
 
 def test_segmamba_export_at_a_size_it_refuses_is_one_clear_error(tmp_path):
