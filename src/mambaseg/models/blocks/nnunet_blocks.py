@@ -478,6 +478,18 @@ def deep_supervision_active(value, training: bool) -> bool:
     return value is True or (value == "train" and training)
 
 
+def decode_with_heads(x: torch.Tensor, n_stages: int, step, seg_layers: nn.ModuleList,
+                      ds: bool) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """Run the decoder stages ``x = step(i, x)`` for ``i < n_stages``; with deep supervision (``ds``) every stage's
+    segmentation head, returned full resolution first (nnU-Net's order), else only the last stage's head."""
+    outs = []
+    for i in range(n_stages):
+        x = step(i, x)
+        if ds:
+            outs.append(seg_layers[i](x))
+    return outs[::-1] if ds else seg_layers[-1](x)
+
+
 class PlainConvEncoder(nn.Module):
     """``PlainConvEncoder`` of ``dynamic_network_architectures`` (``pool='conv'``): ``stages`` = Sequential of
     per-stage Sequentials, each holding one :class:`StackedConvBlocks` (n convs, the first strided). Returns
@@ -552,15 +564,8 @@ class UNetDecoder(nn.Module):
         self.seg_layers = nn.ModuleList(segs)
 
     def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
-        x = skips[-1]
-        outs = []
-        ds = deep_supervision_active(self.deep_supervision, self.training)
-        last = len(self.stages) - 1
-        for i, stage in enumerate(self.stages):
-            x = stage(torch.cat((self.transpconvs[i](x), skips[-(i + 2)]), 1))
-            if ds:
-                outs.append(self.seg_layers[i](x))
-            elif i == last:
-                outs.append(self.seg_layers[-1](x))
-        outs = outs[::-1]
-        return outs if ds else outs[0]
+        def step(i, x):
+            return self.stages[i](torch.cat((self.transpconvs[i](x), skips[-(i + 2)]), 1))
+
+        return decode_with_heads(skips[-1], len(self.stages), step, self.seg_layers,
+                                 deep_supervision_active(self.deep_supervision, self.training))

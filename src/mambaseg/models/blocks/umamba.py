@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .mamba1 import Mamba
 from .nnunet_blocks import (BasicBlockD, NNUNetPlan, Size, _plain, check_deep_supervision, check_input_nd, conv_nd,
-                            deep_supervision_active, instance_norm, leaky_relu, same_padding)
+                            decode_with_heads, deep_supervision_active, instance_norm, leaky_relu, same_padding)
 
 __all__ = ["mamba_fp32", "BasicResBlock", "UpsampleLayer", "MambaLayer", "res_stage", "UNetResEncoder",
            "nnunet_feature_info",
@@ -165,21 +165,16 @@ class UNetResDecoder(nn.Module):
         self.seg_layers = nn.ModuleList(segs)
 
     def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
-        x = skips[-1]
-        outs = []
-        ds = deep_supervision_active(self.deep_supervision, self.training)
         last = len(self.stages) - 1
-        for i, stage in enumerate(self.stages):
+
+        def step(i, x):
             x = self.upsample_layers[i](x)
-            if i < last or self.concat_all:
+            if i < last or self.concat_all:  # 2-D U-Mamba: the last stage has no skip
                 x = torch.cat((x, skips[-(i + 2)]), 1)
-            x = stage(x)
-            if ds:
-                outs.append(self.seg_layers[i](x))
-            elif i == last:
-                outs.append(self.seg_layers[-1](x))
-        outs = outs[::-1]
-        return outs if ds else outs[0]
+            return self.stages[i](x)
+
+        return decode_with_heads(skips[-1], len(self.stages), step, self.seg_layers,
+                                 deep_supervision_active(self.deep_supervision, self.training))
 
 
 class NNUNetMambaBase(nn.Module):
