@@ -474,6 +474,15 @@ def check_deep_supervision(value):
     raise ValueError(f"deep_supervision must be True, False or 'train', got {value!r}")
 
 
+def stage_outputs(x: torch.Tensor, stages) -> List[torch.Tensor]:
+    """Run ``stages`` one after another on ``x``; every stage's output (an encoder's skips, shallowest first)."""
+    skips = []
+    for stage in stages:
+        x = stage(x)
+        skips.append(x)
+    return skips
+
+
 def deep_supervision_active(value, training: bool) -> bool:
     return value is True or (value == "train" and training)
 
@@ -506,11 +515,7 @@ class PlainConvEncoder(nn.Module):
         self.strides = list(plan.strides)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
+        return stage_outputs(x, self.stages)
 
 
 class ResidualEncoder(nn.Module):
@@ -529,12 +534,7 @@ class ResidualEncoder(nn.Module):
         self.strides = list(plan.strides)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = self.stem(x)
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
+        return stage_outputs(self.stem(x), self.stages)
 
 
 class UNetDecoder(nn.Module):

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from .mamba1 import Mamba
 from .nnunet_blocks import (BasicBlockD, NNUNetPlan, Size, _plain, check_deep_supervision, check_input_nd, conv_nd,
-                            decode_with_heads, deep_supervision_active, instance_norm, leaky_relu, same_padding)
+                            decode_with_heads, deep_supervision_active, instance_norm, leaky_relu, same_padding,
+                            stage_outputs)
 
 __all__ = ["mamba_fp32", "BasicResBlock", "UpsampleLayer", "MambaLayer", "res_stage", "UNetResEncoder",
            "nnunet_feature_info",
@@ -131,12 +132,7 @@ class UNetResEncoder(nn.Module):
         self.strides = list(s)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = self.stem(x)
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
+        return stage_outputs(self.stem(x), self.stages)
 
 
 class UNetResDecoder(nn.Module):
